@@ -1,0 +1,39 @@
+"""Our exception types: each carries the errno the FUSE adapter hands to the caller (DESIGN §4)."""
+
+import errno
+
+
+class BlfsError(Exception):
+    """Base of every error blfs raises on purpose; unknown exceptions become EIO too."""
+
+    errno = errno.EIO
+
+
+class NotFound(BlfsError):
+    errno = errno.ENOENT
+
+
+class AccessDenied(BlfsError):
+    """No token, an expired token, or no access to the thing asked for."""
+
+    errno = errno.EACCES
+
+
+class RemoteError(BlfsError):
+    """The server failed or could not be reached after retries."""
+
+    errno = errno.EIO
+
+
+class RemoteTimeout(RemoteError):
+    errno = errno.ETIMEDOUT
+
+
+class BadArchive(BlfsError):
+    """A download was truncated, malformed or hostile; nothing of it is kept."""
+
+    errno = errno.EIO
+
+
+class CacheFull(BlfsError):
+    errno = errno.ENOSPC
