@@ -1,0 +1,1 @@
+"""Fixtures that mount blfs for real (filled in with the FUSE adapter)."""
