@@ -1,0 +1,3 @@
+from blfs.cli import main
+
+main()

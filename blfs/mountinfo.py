@@ -1,0 +1,57 @@
+"""What the kernel says is mounted, and how to take a FUSE mount down."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def _unescape(field: str) -> str:
+    """/proc/self/mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def fuse_mountpoints() -> list[str]:
+    """Every FUSE mountpoint, from mountinfo (os.path.ismount lies about dead mounts)."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+        for line in info:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fstype == "fuse" or fstype.startswith("fuse."):
+                points.append(_unescape(fields[4]))
+    return points
+
+
+def is_mounted(mountpoint: str | Path) -> bool:
+    return os.path.realpath(mountpoint) in fuse_mountpoints()
+
+
+def is_stale(mountpoint: str | Path) -> bool:
+    """A mount whose process died answers ENOTCONN ("Transport endpoint is not connected")."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def fusermount() -> str:
+    for name in ("fusermount3", "fusermount"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError("neither fusermount3 nor fusermount is installed (apt install fuse3)")
+
+
+def unmount(mountpoint: str | Path, *, lazy: bool = False) -> None:
+    """Unmounts, raising with fusermount's own message when it refuses (e.g. busy)."""
+    args = [fusermount(), "-uz" if lazy else "-u", str(mountpoint)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip() or f"{' '.join(args)} failed")

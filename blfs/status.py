@@ -1,0 +1,81 @@
+"""The registry of running mounts: each keeps a small JSON file current for `blfs status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PUBLISH_INTERVAL = 1.0
+
+
+def registry_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base else Path.home() / ".cache"
+    return root / "blfs" / "mounts"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_atomically(path: Path, record: dict[str, Any]) -> None:
+    temporary = path.with_suffix(f".tmp{threading.get_ident()}")
+    temporary.write_text(json.dumps(record))
+    temporary.replace(path)
+
+
+class Publisher:
+    """Writes this process's record now and every second, and removes it on close."""
+
+    def __init__(self, record: dict[str, Any], live: Callable[[], dict[str, Any]]) -> None:
+        self._record = {**record, "pid": os.getpid()}
+        self._live = live
+        self._path = registry_dir() / f"{os.getpid()}.json"
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._stop = threading.Event()
+        self._publish()
+        self._thread = threading.Thread(target=self._run, name="blfs-status", daemon=True)
+        self._thread.start()
+
+    def _publish(self) -> None:
+        _write_atomically(self._path, {**self._record, **self._live()})
+
+    def _run(self) -> None:
+        while not self._stop.wait(PUBLISH_INTERVAL):
+            self._publish()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(PUBLISH_INTERVAL * 2)
+        self._path.unlink(missing_ok=True)
+
+
+def running_mounts() -> list[dict[str, Any]]:
+    """Records of live mounts; records left by a killed process are removed on the way."""
+    records = []
+    directory = registry_dir()
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(record.get("pid", 0))):
+            records.append(record)
+        else:
+            path.unlink(missing_ok=True)
+    return records
+
+
+def mount_record(mountpoint: str) -> dict[str, Any] | None:
+    real = os.path.realpath(mountpoint)
+    return next((r for r in running_mounts() if r.get("mountpoint") == real), None)
