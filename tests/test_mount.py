@@ -1,4 +1,4 @@
-"""The projects tree and lazy fetch through a real FUSE mount over the emulator (issue: blfs mount)."""
+"""The projects tree and lazy fetch through a real FUSE mount over the emulator."""
 
 from __future__ import annotations
 
