@@ -1,0 +1,111 @@
+"""The `sub-<subject>/[ses-<session>/]<datatype>/<tags>/<object-id>/` tree of a set of data-objects.
+
+Built in memory from one paged dataset query (DESIGN §1): directory names come from each record's
+own fields only, so an object keeps its path whatever else is added. Two values that become the
+same name (a subject `a/b` next to `a_b`) share a directory; the object ids below stay distinct.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from blfs.names import safe_name
+
+log = logging.getLogger("blfs")
+
+# Fields of a data-object the tree and `_info.json` need (the API requires `project` in a select);
+# `download_count` is left out because it changes on every download.
+DATASET_SELECT = (
+    "project publications meta datatype datatype_tags tags size status status_msg removed "
+    "create_date update_date remove_date desc user_id prov storage archive_task_id"
+)
+NO_SUBJECT = "sub-nosubject"
+UNTAGGED = "untagged"
+
+
+def timestamp(value: Any) -> float:
+    """Epoch seconds of an API date (ISO string or epoch number); 0 when absent or unreadable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return 0.0
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    return 0.0
+
+
+@dataclass
+class Branch:
+    """A directory of the tree: named children (branches, or dataset records at the leaves)."""
+
+    children: dict[str, Branch | dict[str, Any]] = field(default_factory=dict)
+    mtime: float = 0.0
+
+
+def subject_dir(meta: Mapping[str, Any]) -> str:
+    subject = meta.get("subject")
+    return safe_name(f"sub-{subject}") if subject not in (None, "") else NO_SUBJECT
+
+
+def tags_dir(record: Mapping[str, Any]) -> str:
+    """datatype_tags then tags joined by '.', a '.' inside a tag becoming '-'."""
+    tags = [*(record.get("datatype_tags") or []), *(record.get("tags") or [])]
+    parts = [str(tag).replace(".", "-") for tag in tags if str(tag)]
+    return safe_name(".".join(parts)) if parts else UNTAGGED
+
+
+def datatype_dir(record: Mapping[str, Any], datatypes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The datatype's name with '/' as '-' (its id if the datatype is unknown)."""
+    datatype_id = str(record.get("datatype") or "")
+    name = (datatypes.get(datatype_id) or {}).get("name") or datatype_id
+    return safe_name(str(name).replace("/", "-"))
+
+
+def object_path(record: Mapping[str, Any], datatypes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The directory names from the tree's root down to the object's own directory."""
+    meta = record.get("meta") or {}
+    path = [subject_dir(meta)]
+    session = meta.get("session")
+    if session not in (None, ""):
+        path.append(safe_name(f"ses-{session}"))
+    path += [datatype_dir(record, datatypes), tags_dir(record), safe_name(record["_id"])]
+    return path
+
+
+def build_tree(
+    records: Iterable[dict[str, Any]], datatypes: Mapping[str, Mapping[str, Any]]
+) -> Branch:
+    """The tree of `records`, sorted by name; a branch's mtime is the newest object below it."""
+    root = Branch()
+    for record in records:
+        path = object_path(record, datatypes)
+        created = timestamp(record.get("create_date"))
+        node = root
+        for name in path[:-1]:
+            node.mtime = max(node.mtime, created)
+            child = node.children.setdefault(name, Branch())
+            if not isinstance(child, Branch):
+                log.warning("object %s hidden: its path clashes with an object", record["_id"])
+                break
+            node = child
+        else:
+            node.mtime = max(node.mtime, created)
+            if node.children.setdefault(path[-1], record) is not record:
+                log.warning("object %s hidden: its path clashes with a directory", record["_id"])
+    _sort(root)
+    return root
+
+
+def _sort(branch: Branch) -> None:
+    branch.children = dict(sorted(branch.children.items()))
+    for child in branch.children.values():
+        if isinstance(child, Branch):
+            _sort(child)
