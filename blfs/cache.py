@@ -1,0 +1,457 @@
+"""The on-disk cache of complete objects and task files: layout, locks, staging, the size bound.
+
+Layout under the root (all on one filesystem, so a rename is atomic):
+    objects/<id>/index.json, objects/<id>/data/…   a complete object (member index + files)
+    tasks/<task_id>/<path>                          a complete task output file
+    tmp/<uuid>[.lock]                               staging entries; the lock file holds the
+                                                    bytes reserved for it, locked by its writer
+    locks/<digest>.fetch | .use, locks/cache.lock   per-key and cache-wide lock files
+
+Something is complete only once it has appeared by one `rename` from `tmp/`; nothing else is ever
+written under `objects/` or `tasks/`. Eviction renames an entry back into `tmp/` before deleting it.
+
+Locking is `fcntl.flock`: `<key>.fetch` exclusive while one process downloads that key; `<key>.use`
+shared while a process has the entry open, and taken exclusive (non-blocking) by eviction, which
+skips entries it cannot lock; `cache.lock` exclusive while the cache is scanned, space reserved,
+entries evicted or committed. Locks die with their process. On NFS, Linux maps flock to POSIX
+byte-range locks (so every lock file is opened read-write); that needs a working lock manager.
+Last use is the mtime of `index.json` (objects) or of the file (tasks), set when opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
+
+log = logging.getLogger("blfs.cache")
+
+INDEX = "index.json"
+DATA = "data"
+LOCK_WAIT = 60.0  # bound on waiting for the cache-wide lock or a pin (held for milliseconds)
+_POLL_MIN, _POLL_MAX = 0.01, 0.2
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+_RESERVATION_WIDTH = 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A complete entry: `objects/<id>` or `tasks/<task_id>/<path>`."""
+
+    key: str
+    size: int
+    last_use: float
+
+
+def object_key(object_id: str) -> str:
+    return f"objects/{_checked_id(object_id)}"
+
+
+def task_key(task_id: str, path: str) -> str:
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts or "\x00" in path:
+        raise NotFound(f"not a task file path: {path!r}")
+    return f"tasks/{_checked_id(task_id)}/{'/'.join(parts)}"
+
+
+def _checked_id(identifier: str) -> str:
+    if not _SAFE_ID.match(identifier) or identifier in (".", ".."):
+        raise NotFound(f"not a valid id: {identifier!r}")
+    return identifier
+
+
+class FileLock:
+    """An flock on a lock file that is verified to still be the file at its path once locked
+    (an exclusive holder may unlink it, as eviction and finished downloads do)."""
+
+    def __init__(self, path: Path, exclusive: bool) -> None:
+        self.path = path
+        self._operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, self._operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return self.try_acquire()
+        self._fd = fd
+        return True
+
+    def acquire(
+        self, deadline: float, what: str, ready: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Polls until locked (True) or `ready()` (False); RemoteTimeout at the deadline."""
+        pause = _POLL_MIN
+        while not self.try_acquire():
+            if ready():
+                return False
+            if time.monotonic() >= deadline:
+                raise RemoteTimeout(f"timed out waiting for {what}")
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+        return True
+
+    @property
+    def fd(self) -> int:
+        assert self._fd is not None, "lock not held"
+        return self._fd
+
+    def release(self, unlink: bool = False) -> None:
+        if self._fd is None:
+            return
+        if unlink:
+            with _ignore_missing():
+                os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _ignore_missing() -> suppress:
+    return suppress(FileNotFoundError)
+
+
+class Staging:
+    """An entry being written under tmp/, with the bytes reserved for it; commit() publishes it."""
+
+    def __init__(self, cache: Cache, key: str, path: Path, lock: FileLock, reserved: int) -> None:
+        self.cache = cache
+        self.key = key
+        self.path = path
+        self._lock = lock
+        self.reserved = reserved
+        self.written = 0
+
+    def _record(self) -> None:
+        os.pwrite(self._lock.fd, f"{self.reserved:0{_RESERVATION_WIDTH}d}".encode(), 0)
+
+    def add(self, nbytes: int) -> None:
+        """Counts bytes written; reserves more (evicting) when they pass the reservation."""
+        self.written += nbytes
+        if self.written > self.reserved:
+            self.reserved = self.written + max(64 << 20, self.written // 4)
+            with self.cache.locked():
+                self.cache._evict_for(self.reserved, exclude=self.path.name)
+                self._record()
+
+    def commit(self) -> Path:
+        """Renames the staged entry into place (atomically) and returns its final path."""
+        final = self.cache.root / self.key
+        with self.cache.locked():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if self.key.startswith("objects/") and final.exists():
+                shutil.rmtree(self.path, ignore_errors=True)  # another writer finished first
+            else:
+                os.replace(self.path, final)
+            self._lock.release(unlink=True)
+        self.cache.touch(self.key)
+        return final
+
+    def discard(self) -> None:
+        """Removes whatever was staged; safe to call after commit()."""
+        if self.path.is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            with _ignore_missing():
+                os.unlink(self.path)
+        self._lock.release(unlink=True)
+
+
+class Pin:
+    """Keeps one entry from eviction (in this process and, by a shared flock, in others)."""
+
+    def __init__(self, cache: Cache, key: str) -> None:
+        self._cache = cache
+        self.key = key
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._cache._unpin(self.key)
+
+
+class Cache:
+    """A persistent, size-bounded store shared by every mount and process using `root`."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        for sub in ("objects", "tasks", "tmp", "locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._mutex = threading.Lock()
+        self._cache_mutex = threading.Lock()  # threads queue here rather than poll the flock
+        self._pins: dict[str, tuple[int, FileLock]] = {}
+        self._sizes: dict[str, int] = {}
+        with self.locked():
+            self._reservations(exclude=None)  # removes staging left by killed processes
+
+    # -- paths and locks -------------------------------------------------------------------
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def _lock_path(self, key: str, kind: str) -> Path:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return self.root / "locks" / f"{digest}.{kind}"
+
+    def fetch_lock(self, key: str) -> FileLock:
+        """The lock one process holds while it downloads `key`."""
+        return FileLock(self._lock_path(key, "fetch"), exclusive=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The cache-wide lock (not reentrant): scans, reservations, eviction, commits."""
+        deadline = time.monotonic() + LOCK_WAIT
+        if not self._cache_mutex.acquire(timeout=LOCK_WAIT):
+            raise RemoteTimeout(f"timed out waiting for the cache lock in {self.root}")
+        lock = FileLock(self.root / "locks" / "cache.lock", exclusive=True)
+        try:
+            lock.acquire(deadline, f"the cache lock in {self.root}")
+            yield
+        finally:
+            lock.release()
+            self._cache_mutex.release()
+
+    # -- complete entries ------------------------------------------------------------------
+    def is_complete(self, key: str) -> bool:
+        return os.path.exists(self.root / key)
+
+    def read_index(self, key: str) -> dict[str, Any] | None:
+        """The member index of a complete object, or None if it is not (or no longer) there."""
+        try:
+            return json.loads((self.root / key / INDEX).read_text())
+        except FileNotFoundError:
+            return None
+
+    def touch(self, key: str) -> None:
+        """Marks an entry as just used (its LRU position)."""
+        marker = self.root / key / INDEX if key.startswith("objects/") else self.root / key
+        with _ignore_missing():
+            os.utime(marker)
+
+    def pin(self, key: str, deadline: float) -> Pin:
+        """Pins an entry (complete or not) against eviction until the Pin is released."""
+        with self._mutex:
+            held = self._pins.get(key)
+            if held:
+                self._pins[key] = (held[0] + 1, held[1])
+                return Pin(self, key)
+        lock = FileLock(self._lock_path(key, "use"), exclusive=False)
+        lock.acquire(deadline, f"eviction of {key} to finish")
+        with self._mutex:
+            held = self._pins.get(key)
+            if held:
+                lock.release()
+                self._pins[key] = (held[0] + 1, held[1])
+            else:
+                self._pins[key] = (1, lock)
+        self.touch(key)
+        return Pin(self, key)
+
+    def _unpin(self, key: str) -> None:
+        with self._mutex:
+            count, lock = self._pins[key]
+            if count > 1:
+                self._pins[key] = (count - 1, lock)
+                return
+            del self._pins[key]
+            lock.release()
+        self.trim()
+
+    # -- staging and space ---------------------------------------------------------------------
+    def stage(self, key: str, reserve: int, directory: bool) -> Staging:
+        """A new staging entry (a directory or an empty file) with `reserve` bytes set aside,
+        evicting least-recently-used entries to stay within the bound where possible."""
+        name = uuid.uuid4().hex
+        path = self.root / "tmp" / name
+        with self.locked():
+            self._evict_for(reserve, exclude=None)
+            lock = FileLock(path.with_name(name + ".lock"), exclusive=True)
+            if not lock.try_acquire():
+                raise BlfsError(f"cannot lock new staging entry {path}")
+            staging = Staging(self, key, path, lock, reserve)
+            try:
+                staging._record()
+                if directory:
+                    path.mkdir()
+                else:
+                    path.touch()
+            except OSError as exc:
+                staging.discard()
+                raise CacheFull(f"cannot create a staging entry in {self.root}: {exc}") from None
+        return staging
+
+    def room(self, what: str, needed: int, write: Callable[[], T]) -> T:
+        """Runs a write; on ENOSPC evicts and retries once, then CacheFull."""
+        try:
+            return write()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        with self.locked():
+            freed = self._free_disk(needed)
+        log.warning("cache filesystem full while writing %s: evicted %d bytes", what, freed)
+        try:
+            return write()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CacheFull(f"no space left in the cache {self.root} for {what}") from None
+
+    def trim(self) -> None:
+        """Evicts least-recently-used entries until the cache is within its bound."""
+        with self.locked():
+            self._evict_for(0, exclude=None)
+
+    def _evict_for(self, needed: int, exclude: str | None) -> None:
+        """(Under the cache lock.) Makes `needed` more bytes fit within the bound if it can."""
+        entries = self._scan()
+        used = sum(entry.size for entry in entries) + self._reservations(exclude)
+        over = used + needed - self.max_bytes
+        for entry in entries:
+            if over <= 0:
+                return
+            if self._evict(entry.key):
+                over -= entry.size
+
+    def _free_disk(self, needed: int) -> int:
+        """(Under the cache lock.) Evicts until the filesystem has `needed` bytes free."""
+        freed = 0
+        for entry in self._scan():
+            stats = os.statvfs(self.root)
+            if stats.f_bavail * stats.f_frsize >= needed + (1 << 20):
+                break
+            if self._evict(entry.key):
+                freed += entry.size
+        return freed
+
+    def _evict(self, key: str) -> bool:
+        """(Under the cache lock.) Removes one unpinned entry whole; False if it is in use."""
+        with self._mutex:
+            if key in self._pins:
+                return False
+            lock = FileLock(self._lock_path(key, "use"), exclusive=True)
+            if not lock.try_acquire():
+                return False
+        try:
+            doomed = self.root / "tmp" / f"evict-{uuid.uuid4().hex}"
+            try:
+                os.rename(self.root / key, doomed)
+            except FileNotFoundError:
+                return False
+            self._sizes.pop(key, None)
+        finally:
+            lock.release(unlink=True)
+        if doomed.is_dir():
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            os.unlink(doomed)
+        self._remove_empty_parents(self.root / key)
+        log.info("evicted %s from the cache", key)
+        return True
+
+    def _remove_empty_parents(self, path: Path) -> None:
+        parent = path.parent
+        while parent != self.root and parent.parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                return
+            parent = parent.parent
+
+    def _reservations(self, exclude: str | None) -> int:
+        """(Under the cache lock.) Bytes reserved by live staging entries; removes dead ones."""
+        tmp = self.root / "tmp"
+        total = 0
+        live = set()
+        for lock_path in tmp.glob("*.lock"):
+            name = lock_path.name[: -len(".lock")]
+            probe = FileLock(lock_path, exclusive=False)
+            if probe.try_acquire():
+                try:
+                    self._remove_staging(tmp / name)
+                finally:
+                    probe.release(unlink=True)
+                continue
+            live.add(name)
+            if name != exclude:
+                with _ignore_missing(), open(lock_path, "rb") as file:
+                    total += int(file.read(_RESERVATION_WIDTH) or 0)
+        for path in tmp.iterdir():
+            if not path.name.endswith(".lock") and path.name not in live:
+                self._remove_staging(path)
+        return total
+
+    def _remove_staging(self, path: Path) -> None:
+        if path.is_dir():
+            log.info("removing stale staging %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with _ignore_missing():
+                os.unlink(path)
+
+    def _scan(self) -> list[CacheEntry]:
+        """Every complete entry, least recently used first."""
+        entries = []
+        for child in os.scandir(self.root / "objects"):
+            key = f"objects/{child.name}"
+            try:
+                last_use = os.stat(os.path.join(child.path, INDEX)).st_mtime
+                if key not in self._sizes:
+                    self._sizes[key] = int((self.read_index(key) or {}).get("bytes", 0))
+            except (FileNotFoundError, ValueError):
+                continue
+            entries.append(CacheEntry(key, self._sizes[key], last_use))
+        tasks = self.root / "tasks"
+        for directory, _, files in os.walk(tasks):
+            for name in files:
+                path = os.path.join(directory, name)
+                with _ignore_missing():
+                    info = os.stat(path)
+                    key = "tasks/" + os.path.relpath(path, tasks)
+                    entries.append(CacheEntry(key, info.st_size, info.st_mtime))
+        entries.sort(key=lambda entry: entry.last_use)
+        return entries
+
+    # -- what the CLI shows --------------------------------------------------------------------
+    def usage(self) -> tuple[int, int]:
+        """(bytes used by complete entries and reservations, the bound)."""
+        with self.locked():
+            used = sum(entry.size for entry in self._scan()) + self._reservations(None)
+        return used, self.max_bytes
+
+    def entries(self) -> list[CacheEntry]:
+        """Complete entries, least recently used first."""
+        with self.locked():
+            return self._scan()
+
+    def clear(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Evicts the given entries (default: all); entries in use are skipped. Returns the
+        keys removed."""
+        with self.locked():
+            wanted = [entry.key for entry in self._scan()] if keys is None else list(keys)
+            return [key for key in wanted if self._evict(key)]
