@@ -1,0 +1,194 @@
+"""The on-disk cache: LRU eviction, pins, a full disk, staging left by killed processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import test_fetch
+from test_fetch import (
+    CHILD,
+    ROOT,
+    MiB,
+    assert_nothing_complete,
+    downloads,
+    new_fetcher,
+    read_all,
+    tar_bytes,
+    wait_until,
+)
+
+from blfs.cache import Cache, object_key
+from blfs.errors import CacheFull
+
+# The fixtures of test_fetch, shared by name.
+home, client, objects = test_fetch.home, test_fetch.client, test_fetch.objects
+
+
+def fill(emulator, objects: list[str], size: int) -> dict[str, bytes]:
+    """Gives each object an archive with one member of `size` bytes."""
+    members = {}
+    for object_id in objects:
+        members[object_id] = os.urandom(size)
+        emulator.put_archive(object_id, tar_bytes({"data.bin": members[object_id]}))
+    return members
+
+
+def fetch(fetcher, object_id: str) -> bytes:
+    data = read_all(fetcher.contents(object_id), "data.bin")
+    wait_until(lambda: fetcher.cached(object_id), what="commit")
+    return data
+
+
+def test_least_recently_used_objects_are_evicted_whole(client, emulator, objects, tmp_path):
+    a, b, c, d = objects[:4]
+    members = fill(emulator, [a, b, c, d], MiB)
+    root = tmp_path / "cache"
+    fetcher = new_fetcher(client, root, max_bytes=3 * MiB + 100_000)
+    for object_id in (a, b, c):
+        fetch(fetcher, object_id)
+    read_all(fetcher.contents(a), "data.bin")  # a is now more recent than b
+    fetch(fetcher, d)
+    cached = {entry.key for entry in fetcher._cache.entries()}
+    assert cached == {object_key(a), object_key(c), object_key(d)}
+    assert not (root / "objects" / b).exists()
+    assert fetch(fetcher, b) == members[b]  # fetched again, evicting c
+    assert not (root / "objects" / c).exists()
+    assert downloads(emulator, b) == 2
+    used, bound = fetcher._cache.usage()
+    assert used <= bound == 3 * MiB + 100_000
+
+
+def test_an_open_object_is_never_evicted(client, emulator, objects, tmp_path):
+    a, b, c = objects[:3]
+    members = fill(emulator, [a, b, c], MiB)
+    root = tmp_path / "cache"
+    fetcher = new_fetcher(client, root, max_bytes=2 * MiB)
+    fetch(fetcher, a)
+    handle = fetcher.contents(a).open("data.bin")
+    other_process = Cache(root, 2 * MiB)  # another mount sharing the cache
+    assert other_process.clear() == []
+    fetch(fetcher, b)
+    fetch(fetcher, c)
+    assert (root / "objects" / a).exists()
+    assert handle.read(0, MiB) == members[a]
+    assert not (root / "objects" / b).exists()
+    handle.release()
+    other_process.trim()
+    assert len(other_process.entries()) <= 2
+
+
+def test_an_object_larger_than_the_bound_is_readable_while_open(
+    client, emulator, objects, tmp_path
+):
+    (big,) = objects[:1]
+    members = fill(emulator, [big], 3 * MiB)
+    root = tmp_path / "cache"
+    fetcher = new_fetcher(client, root, max_bytes=MiB)
+    handle = fetcher.contents(big).open("data.bin")
+    assert handle.read(0, 3 * MiB) == members[big]
+    wait_until(lambda: fetcher.cached(big), what="commit")
+    assert handle.read(MiB, 10) == members[big][MiB : MiB + 10]
+    handle.release()
+    assert not fetcher.cached(big)
+    assert fetcher._cache.usage()[0] == 0
+
+
+def test_usage_entries_and_clear(client, emulator, objects, tmp_path):
+    a, b = objects[:2]
+    fill(emulator, [a, b], 100_000)
+    fetcher = new_fetcher(client, tmp_path / "cache")
+    fetch(fetcher, a)
+    fetch(fetcher, b)
+    cache = fetcher._cache
+    entries = cache.entries()
+    assert [e.key for e in entries] == [object_key(a), object_key(b)]
+    assert all(e.size == 100_000 and e.last_use > time.time() - 60 for e in entries)
+    assert cache.usage() == (200_000, 1 << 40)
+    assert cache.clear([object_key(a)]) == [object_key(a)]
+    assert cache.clear() == [object_key(b)]
+    assert cache.usage()[0] == 0 and not fetcher.cached(b)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_a_full_disk_gives_cachefull_and_no_corrupt_entry(client, emulator, objects, tmp_path):
+    big = objects[0]
+    emulator.put_archive(big, tar_bytes({"a.bin": os.urandom(3 * MiB), "b.bin": os.urandom(MiB)}))
+    with small_tmpfs(tmp_path / "small", "4m") as root:
+        fetcher = new_fetcher(client, root, max_bytes=1 << 40)
+        contents = fetcher.contents(big)
+        with pytest.raises(CacheFull):
+            contents.listdir("")
+        assert_nothing_complete(root, big)
+
+
+def test_a_full_disk_evicts_older_objects_first(client, emulator, objects, tmp_path):
+    old, new = objects[:2]
+    members = fill(emulator, [old, new], int(2.5 * MiB))
+    with small_tmpfs(tmp_path / "small", "4m") as root:
+        fetcher = new_fetcher(client, root, max_bytes=1 << 40)
+        fetch(fetcher, old)
+        assert fetch(fetcher, new) == members[new]
+        assert not fetcher.cached(old)
+        assert [e.key for e in fetcher._cache.entries()] == [object_key(new)]
+
+
+def test_staging_of_a_killed_downloader_is_removed_and_the_download_restarts(
+    client, emulator, objects, tmp_path, home
+):
+    object_id = objects[0]
+    data = os.urandom(4 * MiB)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=MiB)
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline().strip() == "open"
+        staged = root / "tmp"
+        wait_until(lambda: any(staged.glob("*/data/data.bin")), what="staging")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert any(p.is_dir() for p in staged.iterdir())
+    emulator.set(bandwidth=None)
+    fetcher = new_fetcher(client, root)
+    assert list(staged.iterdir()) == []
+    assert fetch(fetcher, object_id) == data
+    assert downloads(emulator, object_id) == 2
+
+
+def test_live_staging_is_kept_by_a_new_cache_instance(tmp_path):
+    root = tmp_path / "cache"
+    staging = Cache(root, 1 << 30).stage(object_key("a" * 24), 10, directory=True)
+    (staging.path / "x").write_bytes(b"partial")
+    assert Cache(root, 1 << 30).usage() == (10, 1 << 30)
+    assert (staging.path / "x").exists()
+    staging.discard()
+    assert list((root / "tmp").iterdir()) == []
