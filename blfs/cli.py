@@ -13,18 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-from blfs import mountinfo, mounting, status
+from blfs import mountinfo, mounting, status, units
 from blfs.errors import BlfsError
-
-_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+from blfs.units import human
 
 
 def parse_size(text: str) -> int:
-    """'500M', '20G', '1.5T' or plain bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 500M, 20G)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:
@@ -117,6 +115,84 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    mounts = status.running_mounts()
+    if not mounts:
+        print("no blfs mounts")
+    for record in mounts:
+        cache = record.get("cache", {})
+        print(f"{record['mountpoint']}  (pid {record['pid']}, {record['api']})")
+        print(
+            f"  cache {record['cache_dir']}: {human(cache.get('used', 0))}"
+            f" of {human(cache.get('max', 0))}"
+        )
+        downloads = record.get("downloads", [])
+        if not downloads:
+            print("  no downloads")
+        for item in downloads:
+            print("  " + describe_download(item))
+
+
+def describe_download(item: dict) -> str:
+    done, total = item.get("bytes_done", 0), item.get("total")
+    rate = item.get("rate") or 0.0
+    line = f"{item.get('id', '?')}  {human(done)}"
+    if total:
+        line += f" of {human(total)} ({100 * done // max(total, 1)}%)"
+    if item.get("error"):
+        return f"{line}  failed: {item['error']}"
+    line += f"  {human(rate)}/s"
+    if total and rate > 0:
+        line += f"  ETA {max(total - done, 0) / rate:.0f}s"
+    return line
+
+
+def cmd_prefetch(args: argparse.Namespace) -> None:
+    from blfs.prefetch import prefetch
+
+    failed = prefetch([Path(p) for p in args.paths], parallel=args.parallel)
+    if failed:
+        raise SystemExit(f"blfs: {failed} object(s) could not be fetched")
+
+
+def _cache(args: argparse.Namespace):
+    from blfs.cache import Cache
+
+    root = Path(args.cache_dir)
+    record = next(
+        (r for r in status.running_mounts() if Path(r["cache_dir"]) == root.absolute()), None
+    )
+    bound = record["cache"]["max"] if record else mounting.default_cache_size(root)
+    return Cache(root, bound)
+
+
+def _cache_keys(targets: list[str]) -> list[str]:
+    """Cache keys of objects named by id or by any path inside their directory."""
+    from blfs.cache import object_key
+
+    keys = []
+    for target in targets:
+        ids = [part for part in Path(target).parts if re.fullmatch(r"[0-9a-f]{24}", part)]
+        if not ids:
+            raise SystemExit(f"blfs: {target} names no data-object")
+        keys.append(object_key(ids[-1]))
+    return keys
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    cache = _cache(args)
+    if args.action == "du":
+        used, bound = cache.usage()
+        print(f"{human(used)} of {human(bound)} in {cache.root} ({len(cache.entries())} entries)")
+    elif args.action == "ls":
+        for entry in cache.entries():
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_use))
+            print(f"{human(entry.size):>10}  {used}  {entry.key}")
+    else:
+        removed = cache.clear(_cache_keys(args.targets) if args.targets else None)
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blfs", description="brainlife.io as a read-only filesystem"
@@ -169,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_dir(demo)
     add_ttl(demo)
     demo.set_defaults(func=cmd_demo)
+
+    commands.add_parser("status", help="mounts, downloads and cache use").set_defaults(
+        func=cmd_status
+    )
+
+    prefetch = commands.add_parser("prefetch", help="fetch every object under mounted paths")
+    prefetch.add_argument("paths", nargs="+")
+    prefetch.add_argument("--parallel", "-j", type=int, default=4)
+    prefetch.set_defaults(func=cmd_prefetch)
+
+    cache = commands.add_parser("cache", help="cache usage, contents, clearing")
+    cache.add_argument("action", nargs="?", choices=("du", "ls", "clear"), default="du")
+    cache.add_argument("targets", nargs="*", help="clear: object ids or paths (default: all)")
+    add_cache_dir(cache)
+    cache.set_defaults(func=cmd_cache)
     return parser
 
 
