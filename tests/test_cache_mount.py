@@ -1,4 +1,4 @@
-"""The cache a user lives with, through real mounts: bound, sharing, offline, crashes, full disks."""
+"""The cache through real mounts: bound, sharing, offline, crashes, full disks, commands."""
 
 from __future__ import annotations
 
