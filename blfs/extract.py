@@ -40,8 +40,10 @@ class RawStream(Protocol):
 
 
 @dataclass(frozen=True)
-class SafeMember:
-    """A member that passed every check: normalised relative name, sanitised mode."""
+class Member:
+    """A member that passed every check, with a sanitised mode (full st_mode). Here `name` is
+    the normalised path inside the object; ObjectContents hands out its last component
+    ('' for the object's root)."""
 
     name: str
     size: int
@@ -138,7 +140,7 @@ class ArchiveStream:
             head += chunk
         return head
 
-    def members(self) -> Iterator[tuple[SafeMember, Callable[[int], bytes] | None]]:
+    def members(self) -> Iterator[tuple[Member, Callable[[int], bytes] | None]]:
         """Safe members in archive order, each file with a `read(n)` for its data, which must
         be read before the next member is asked for."""
         with self._guard():
@@ -174,7 +176,7 @@ class ArchiveStream:
                 f"{self._label}: corrupt or truncated archive: {type(exc).__name__}: {exc}"
             ) from None
 
-    def _check(self, info: tarfile.TarInfo) -> list[SafeMember | None]:
+    def _check(self, info: tarfile.TarInfo) -> list[Member | None]:
         """New implicit parent directories, then the member itself (None for the root)."""
         name = safe_name(info.name, self._label)
         if info.type == tarfile.DIRTYPE:
@@ -192,8 +194,7 @@ class ArchiveStream:
             return [None]
         mtime = float(info.mtime)
         parents = [
-            SafeMember(parent, 0, DIR_MODE, mtime)
-            for parent in self._claim(name, is_dir, info.name)
+            Member(parent, 0, DIR_MODE, mtime) for parent in self._claim(name, is_dir, info.name)
         ]
         size = 0 if is_dir else info.size
         self._total += size
@@ -206,7 +207,7 @@ class ArchiveStream:
                 f" exceed what {self._limit} advertised bytes can hold"
             )
         mode = DIR_MODE if is_dir else FILE_MODE | (0o111 if info.mode & 0o111 else 0)
-        return [*parents, SafeMember(name, size, mode, mtime)]
+        return [*parents, Member(name, size, mode, mtime)]
 
     def _claim(self, name: str, is_dir: bool, raw: str) -> list[str]:
         """Records a name and returns its new implicit parents; refuses duplicate files and

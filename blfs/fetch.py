@@ -8,14 +8,13 @@ a `_GrowingFile` (bytes written so far) and a `_FileHandle` (pread once the byte
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ import cachetools
 
 from blfs.cache import DATA, INDEX, Cache, FileLock, Pin, Staging, object_key, task_key
 from blfs.errors import BadArchive, BlfsError, NotFound, RemoteTimeout
-from blfs.extract import DIR_MODE, ArchiveStream, CountingReader, SafeMember
+from blfs.extract import DIR_MODE, ArchiveStream, CountingReader, Member
 
 log = logging.getLogger("blfs.fetch")
 
@@ -43,20 +42,6 @@ class Download(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Member:
-    """A member of an object: `name` is its last path component ('' for the object's root)."""
-
-    name: str
-    size: int
-    mode: int
-    mtime: float
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-
 class Handle(Protocol):
     complete: bool
 
@@ -64,7 +49,7 @@ class Handle(Protocol):
     def release(self) -> None: ...
 
 
-class _Cancelled(Exception):
+class _Cancelled(BlfsError):
     """The last reader of a temporary (non-final) file went away."""
 
 
@@ -215,7 +200,7 @@ def _fill(
     transfer = file.transfer
     while file.size is None or file.written < file.size:
         if transfer.cancelled:
-            raise _Cancelled
+            raise _Cancelled(f"{what}: download cancelled")
         want = CHUNK if file.size is None else min(CHUNK, file.size - file.written)
         data = read(want)
         if not data:
@@ -252,7 +237,7 @@ class _Archive:
         self.members: dict[str, Member] = {"": Member("", 0, DIR_MODE, 0.0)}
         self.files: dict[str, _GrowingFile] = {}
         self.children: dict[str, list[str]] = {"": []}
-        self.order: list[SafeMember] = []
+        self.order: list[Member] = []
 
         self.staging: Staging | None = None
 
@@ -265,11 +250,11 @@ class _Archive:
     def fill_from_index(self, index: dict[str, Any], base: Path) -> None:
         """Publishes every member of a complete object whose files live under `base`."""
         for name, size, mode, mtime in index["members"]:
-            member = SafeMember(name, size, mode, mtime)
+            member = Member(name, size, mode, mtime)
             file = None if member.is_dir else _GrowingFile(self.transfer, base / name, size, size)
             self.publish(member, file)
 
-    def publish(self, member: SafeMember, file: _GrowingFile | None) -> None:
+    def publish(self, member: Member, file: _GrowingFile | None) -> None:
         with self.transfer.cond:
             name = member.name
             if name not in self.members:
@@ -277,9 +262,7 @@ class _Archive:
                 self.children[parent].append(name)
                 if member.is_dir:
                     self.children[name] = []
-            self.members[name] = Member(
-                name.rpartition("/")[2], member.size, member.mode, member.mtime
-            )
+            self.members[name] = dataclasses.replace(member, name=name.rpartition("/")[2])
             if file is not None:
                 self.files[name] = file
             self.order.append(member)
@@ -321,7 +304,42 @@ class _Archive:
         }
 
 
-class ObjectFetcher:
+class _Downloads:
+    """What both fetchers share: the table of downloads in flight and their recent failures."""
+
+    def __init__(self, cache: Cache, wait_timeout: float) -> None:
+        self._cache = cache
+        self._wait_timeout = wait_timeout
+        self._lock = threading.Lock()
+        self._inflight: dict[Any, _Archive | _TaskDownload] = {}
+        self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=_KEPT_FAILURES)
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Downloads in flight (id, bytes_done, total, rate, error) and recent failures."""
+        with self._lock:
+            running = [entry.transfer.progress() for entry in self._inflight.values()]
+            return running + list(self._failures)
+
+    def _attempt(self, transfer: _Transfer, work: Callable[[], None]) -> BlfsError | None:
+        """Runs a download; returns its error (logged), None when it succeeded."""
+        try:
+            work()
+        except _Cancelled as exc:
+            return exc
+        except BlfsError as exc:
+            log.warning("download of %s failed: %s", transfer.describe(), exc)
+            error: BlfsError = exc
+        except Exception as exc:
+            log.exception("download of %s failed", transfer.describe())
+            error = BlfsError(f"download of {transfer.describe()} failed: {exc}")
+        else:
+            return None
+        with self._lock:
+            self._failures.append({**transfer.progress(), "error": str(error)})
+        return error
+
+
+class ObjectFetcher(_Downloads):
     """Data-object archives: one download per object (in this process and across processes
     sharing the cache), unpacked as it streams, served from the cache once complete."""
 
@@ -332,13 +350,9 @@ class ObjectFetcher:
         *,
         wait_timeout: float = 60.0,
     ) -> None:
-        self._cache = cache
+        super().__init__(cache, wait_timeout)
         self._open_download = open_download
-        self._wait_timeout = wait_timeout
-        self._lock = threading.Lock()
-        self._inflight: dict[str, _Archive] = {}
         self._complete: cachetools.LRUCache[str, _Archive] = cachetools.LRUCache(_KEPT_ARCHIVES)
-        self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=_KEPT_FAILURES)
 
     def contents(self, object_id: str, expected_size: int | None = None) -> ObjectContents:
         """The contents of an object; starts (or joins) its download without waiting for it."""
@@ -348,17 +362,12 @@ class ObjectFetcher:
     def cached(self, object_id: str) -> bool:
         return self._cache.is_complete(object_key(object_id))
 
-    def progress(self) -> list[dict[str, Any]]:
-        """In-flight downloads (id, bytes_done, total, rate, error) and recent failures."""
-        with self._lock:
-            running = [archive.transfer.progress() for archive in self._inflight.values()]
-            return running + list(self._failures)
-
     def _archive(self, object_id: str, expected_size: int | None) -> _Archive:
         key = object_key(object_id)
         with self._lock:
             archive = self._inflight.get(object_id) or self._complete.get(object_id)
             if archive is not None:
+                assert isinstance(archive, _Archive)
                 return archive
             index = self._cache.read_index(key)
             if index is not None:
@@ -404,21 +413,11 @@ class ObjectFetcher:
     def _run(self, archive: _Archive, expected_size: int | None) -> None:
         transfer = archive.transfer
         lock = self._cache.fetch_lock(object_key(archive.object_id))
-        error: BlfsError | None = None
-        try:
-            self._fetch(archive, expected_size, lock)
-        except BlfsError as exc:
-            log.warning("download of %s failed: %s", transfer.describe(), exc)
-            error = exc
-        except Exception as exc:
-            log.exception("download of %s failed", transfer.describe())
-            error = BlfsError(f"download of {transfer.describe()} failed: {exc}")
+        error = self._attempt(transfer, lambda: self._fetch(archive, expected_size, lock))
         with self._lock:
             del self._inflight[archive.object_id]
             if error is None:
                 self._complete[archive.object_id] = archive
-            else:
-                self._failures.append({**transfer.progress(), "error": str(error)})
         transfer.end(error)
         if archive.staging is not None:
             archive.staging.discard()
@@ -541,7 +540,7 @@ class _TaskDownload:
         self.handles = 0
 
 
-class TaskFiles:
+class TaskFiles(_Downloads):
     """Task output files, one download each, cached by task id + path once the task finished.
 
     Downloads are shared within this process; two processes may fetch the same file at once
@@ -554,17 +553,8 @@ class TaskFiles:
         *,
         wait_timeout: float = 60.0,
     ) -> None:
-        self._cache = cache
+        super().__init__(cache, wait_timeout)
         self._open_download = open_download
-        self._wait_timeout = wait_timeout
-        self._lock = threading.Lock()
-        self._inflight: dict[tuple[str, bool], _TaskDownload] = {}
-        self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=_KEPT_FAILURES)
-
-    def progress(self) -> list[dict[str, Any]]:
-        with self._lock:
-            running = [entry.transfer.progress() for entry in self._inflight.values()]
-            return running + list(self._failures)
 
     def open(self, task_id: str, path: str, size: int, final: bool) -> Handle:
         """A handle on a task file: from the cache when the task finished and the file is there,
@@ -594,7 +584,7 @@ class TaskFiles:
         """The running download of this file (counting one more handle), or a new one."""
         with self._lock:
             entry = self._inflight.get((key, final))
-            if entry is not None:
+            if isinstance(entry, _TaskDownload):
                 with entry.transfer.cond:
                     if not entry.transfer.cancelled:
                         entry.handles += 1
@@ -633,26 +623,13 @@ class TaskFiles:
 
     def _run(self, entry: _TaskDownload, task_id: str, path: str, size: int) -> None:
         transfer = entry.transfer
-        error: BlfsError | None = None
-        try:
-            self._fetch(entry, task_id, path, size)
-        except _Cancelled:
-            error = BlfsError(f"{transfer.describe()}: download cancelled")
-        except BlfsError as exc:
-            log.warning("download of %s failed: %s", transfer.describe(), exc)
-            error = exc
-        except Exception as exc:
-            log.exception("download of %s failed", transfer.describe())
-            error = BlfsError(f"download of {transfer.describe()} failed: {exc}")
-        finally:
-            if transfer.download is not None:
-                transfer.download.close()
+        error = self._attempt(transfer, lambda: self._fetch(entry, task_id, path, size))
+        if transfer.download is not None:
+            transfer.download.close()
         with self._lock:
             key = (entry.staging.key, entry.final)
             if self._inflight.get(key) is entry:
                 del self._inflight[key]
-            if error is not None and not transfer.cancelled:
-                self._failures.append({**transfer.progress(), "error": str(error)})
         with transfer.cond:
             transfer.end(error)
             drop = error is not None or (entry.handles == 0 and not entry.final)

@@ -42,6 +42,7 @@ handle = fetcher.contents(object_id).open(member)
 print("open", flush=True)
 size = fetcher.contents(object_id).lookup(member).size
 print(hashlib.sha256(handle.read(0, size)).hexdigest(), flush=True)
+fetcher.contents(object_id).listdir("")  # the end: committed (download threads are daemons)
 """
 
 
