@@ -394,9 +394,10 @@ def test_a_stalled_download_times_out_instead_of_hanging(client, emulator, objec
 
 # -- task files ----------------------------------------------------------------------------------
 def task_file(emulator, status: str = "finished") -> tuple[str, str, Path]:
-    """(task id, relative path, local copy) of one output file of a task with that status."""
+    """(task id, relative path, local copy) of one output file of a Lab Private task."""
+    group = next(p for p in emulator.db("projects") if p["name"] == "Lab Private").get("group_id")
     for task in emulator.db("tasks"):
-        if task["status"] != status:
+        if task["status"] != status or task.get("_group_id", group) != group:
             continue
         directory = emulator.data / "tasks" / task["instance_id"] / task["_id"]
         files = sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
