@@ -1,0 +1,208 @@
+"""Datatypes (brainlife's real names and file layouts) and the archive contents of each.
+
+`DATATYPES` is the datatype catalogue; `write_archive` lays out one data-object's files exactly as
+brainlife's archiver would (`tar hcf` of the output dir: members at the archive root).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .nifti import image_shape, write_nifti_gz
+from .tarwriter import TarWriter
+
+LEGACY_IMAGE_BYTES = 64 * 1024
+DWI_VOLUMES = 7
+BOLD_VOLUMES = 10
+TRACTS = ("Left_Arcuate", "Right_Arcuate", "Forceps_Major", "Left_IFOF", "Right_IFOF")
+
+
+@dataclass(frozen=True)
+class Datatype:
+    name: str
+    files: tuple[dict, ...]
+    datatype_tags: tuple[str, ...] = ()
+    bids: dict | None = None
+    desc: str = ""
+
+
+def _file(fid: str, filename: str, required: bool = True, desc: str = "") -> dict:
+    ext = "." + filename.split(".", 1)[1] if "." in filename else ""
+    return {"id": fid, "filename": filename, "ext": ext, "required": required, "desc": desc}
+
+
+def _dir(fid: str, dirname: str, required: bool = True, desc: str = "") -> dict:
+    return {"id": fid, "dirname": dirname, "required": required, "desc": desc}
+
+
+DATATYPES: tuple[Datatype, ...] = (
+    Datatype(
+        "neuro/anat/t1w",
+        (_file("t1", "t1.nii.gz", desc="T1-weighted image"),),
+        ("acpc_aligned",),
+        {"derivatives": False, "maps": [{"src": "t1.nii.gz", "dest": "T1w.nii.gz"}]},
+        "T1-weighted anatomical image",
+    ),
+    Datatype(
+        "neuro/anat/t2w",
+        (_file("t2", "t2.nii.gz", desc="T2-weighted image"),),
+        (),
+        {"derivatives": False, "maps": [{"src": "t2.nii.gz", "dest": "T2w.nii.gz"}]},
+        "T2-weighted anatomical image",
+    ),
+    Datatype(
+        "neuro/dwi",
+        (
+            _file("dwi", "dwi.nii.gz", desc="diffusion-weighted image"),
+            _file("bvals", "dwi.bvals"),
+            _file("bvecs", "dwi.bvecs"),
+        ),
+        ("preprocessed",),
+        {
+            "derivatives": False,
+            "maps": [
+                {"src": "dwi.nii.gz", "dest": "dwi.nii.gz"},
+                {"src": "dwi.bvals", "dest": "dwi.bval"},
+                {"src": "dwi.bvecs", "dest": "dwi.bvec"},
+            ],
+        },
+        "Diffusion-weighted MRI",
+    ),
+    Datatype(
+        "neuro/func/task",
+        (_file("bold", "bold.nii.gz"), _file("events", "events.tsv", required=False)),
+        (),
+        {
+            "derivatives": False,
+            "maps": [
+                {"src": "bold.nii.gz", "dest": "bold.nii.gz"},
+                {"src": "events.tsv", "dest": "events.tsv"},
+            ],
+        },
+        "Task-based functional MRI",
+    ),
+    Datatype(
+        "neuro/tractprofile",
+        (_dir("profiles", "profiles", desc="one CSV per tract"),),
+        (),
+        None,
+        "Tract profiles",
+    ),
+    Datatype(
+        "neuro/freesurfer",
+        (_dir("output", "output", desc="FreeSurfer subject directory"),),
+        (),
+        None,
+        "FreeSurfer recon-all output",
+    ),
+    Datatype(
+        "neuro/wmc",
+        (_file("classification", "classification.mat"), _dir("tracts", "tracts", required=False)),
+        (),
+        None,
+        "White matter classification",
+    ),
+)
+
+
+def _csv(rows: int, columns: tuple[str, ...], seed: int) -> bytes:
+    lines = [",".join(columns)]
+    for row in range(rows):
+        values = [
+            f"{((row + 1) * (col + 3) * (seed + 7)) % 997 / 1000:.4f}"
+            for col in range(len(columns))
+        ]
+        lines.append(",".join(values))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _members(datatype: str, image_bytes: int, label: str, seed: int) -> list[tuple]:
+    """(kind, name[, payload]) in archive order: "dir", "file" (bytes) or "image" (shape)."""
+    if datatype == "neuro/anat/t1w":
+        return [("image", "t1.nii.gz", image_shape(image_bytes))]
+    if datatype == "neuro/anat/t2w":
+        return [("image", "t2.nii.gz", image_shape(image_bytes))]
+    if datatype == "neuro/dwi":
+        bvals = " ".join(["0"] + ["1000"] * (DWI_VOLUMES - 1)) + "\n"
+        bvecs = "".join(
+            " ".join(f"{((i + axis) % 3 == 0) * 1.0:.1f}" for i in range(DWI_VOLUMES)) + "\n"
+            for axis in range(3)
+        )
+        return [
+            ("file", "dwi.bvals", bvals.encode()),
+            ("file", "dwi.bvecs", bvecs.encode()),
+            ("image", "dwi.nii.gz", image_shape(image_bytes, DWI_VOLUMES)),
+        ]
+    if datatype == "neuro/func/task":
+        events = "onset\tduration\ttrial_type\n" + "".join(
+            f"{10 * i + seed % 5}\t5\t{'left' if i % 2 else 'right'}\n" for i in range(12)
+        )
+        return [
+            ("image", "bold.nii.gz", image_shape(image_bytes, BOLD_VOLUMES)),
+            ("file", "events.tsv", events.encode()),
+        ]
+    if datatype == "neuro/tractprofile":
+        columns = ("fa", "md", "ad", "rd", "x", "y", "z")
+        return [("dir", "profiles")] + [
+            ("file", f"profiles/{tract}_profiles.csv", _csv(100, columns, seed + n))
+            for n, tract in enumerate(TRACTS)
+        ]
+    if datatype == "neuro/freesurfer":
+        stats = "".join(f"# Measure {k}, {k}, {1000 + seed * k}\n" for k in range(60))
+        return [
+            ("dir", "output"),
+            ("dir", "output/label"),
+            ("file", "output/label/lh.aparc.annot", bytes(range(256)) * 8),
+            ("dir", "output/mri"),
+            ("image", "output/mri/aparc+aseg.nii.gz", image_shape(min(image_bytes, 256 * 1024))),
+            ("dir", "output/scripts"),
+            ("file", "output/scripts/recon-all.log", f"recon-all -s {label}\nfinished\n".encode()),
+            ("dir", "output/stats"),
+            ("file", "output/stats/aseg.stats", stats.encode()),
+            ("dir", "output/surf"),
+            ("file", "output/surf/lh.white", bytes(4096)),
+            ("file", "output/surf/rh.white", bytes(4096)),
+        ]
+    if datatype == "neuro/wmc":
+        mat = b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(116, b" ") + bytes(12) + b"\x00\x01IM"
+        return [("file", "classification.mat", mat + bytes(2048)), ("dir", "tracts")] + [
+            (
+                "file",
+                f"tracts/{n + 1}.json",
+                json.dumps({"name": tract, "color": [n, 0.5, 1]}).encode(),
+            )
+            for n, tract in enumerate(TRACTS)
+        ]
+    raise ValueError(f"no content for datatype {datatype}")
+
+
+def _write_tar(out, datatype: str, image_bytes: int, label: str, seed: int, mtime: int) -> None:
+    tar = TarWriter(out, mtime)
+    for member in _members(datatype, image_bytes, label, seed):
+        kind, name = member[0], member[1]
+        if kind == "dir":
+            tar.directory(name)
+        elif kind == "file":
+            tar.file(name, member[2])
+        else:
+            tar.stream(name, lambda f, shape=member[2]: write_nifti_gz(f, shape, label))
+    tar.close()
+
+
+def write_archive(
+    path: Path, datatype: str, image_bytes: int, label: str, seed: int, mtime: int, legacy: bool
+) -> int:
+    """Writes the object's archive to `path` (.tar, or .tar.gz when legacy); returns its size."""
+    if legacy:
+        buffer = io.BytesIO()
+        _write_tar(buffer, datatype, min(image_bytes, LEGACY_IMAGE_BYTES), label, seed, mtime)
+        with path.open("wb") as raw, gzip.GzipFile("", "wb", 6, raw, mtime=0) as gz:
+            gz.write(buffer.getvalue())
+    else:
+        with path.open("wb") as out:
+            _write_tar(out, datatype, image_bytes, label, seed, mtime)
+    return path.stat().st_size

@@ -1,0 +1,158 @@
+"""Driving an emulator from Python: generate data, start/stop a server process, set its knobs.
+
+Used by the test fixtures, the benchmarks and `blfs demo`. Only talks HTTP to the server and runs
+`python -m blfs.emulator`, so it works with any server started by the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+READY_TIMEOUT = 30.0
+
+
+def generate_data(directory: Path, timeout: float = 600, **options: int) -> Path:
+    """Runs `generate` (options: seed, subjects, objects_per_subject, object_size)."""
+    args = [sys.executable, "-m", "blfs.emulator", "generate", str(directory)]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    subprocess.run(args, check=True, timeout=timeout)
+    return directory
+
+
+class Emulator:
+    """A running emulator: its base URL, its data dir, its admin endpoints and its login."""
+
+    def __init__(self, url: str, data: Path, verify: bool | str = True) -> None:
+        self.url = url.rstrip("/")
+        self.root = self.url.removesuffix("/api")
+        self.data = Path(data)
+        self.http = requests.Session()
+        self.http.verify = verify
+
+    def _admin(self, method: str, path: str, **kwargs) -> requests.Response:
+        response = self.http.request(method, f"{self.root}/_admin/{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response
+
+    def knobs(self) -> dict:
+        return self._admin("GET", "knobs").json()
+
+    def set(self, **knobs: object) -> dict:
+        """Merges knobs (a None value resets that knob)."""
+        return self._admin("PUT", "knobs", json=knobs).json()
+
+    def reset(self) -> dict:
+        return self._admin("DELETE", "knobs").json()
+
+    def requests(self) -> list[dict]:
+        """The request log: {t, method, path, query, status, bytes} per non-admin request."""
+        return self._admin("GET", "log").json()
+
+    def clear_requests(self) -> None:
+        self._admin("DELETE", "log")
+
+    def token(
+        self, username: str = "demo", password: str | None = None, ttl_ms: int | None = None
+    ) -> str:
+        """A JWT from the real login endpoint (the fixed users' password is their name)."""
+        body: dict = {"username": username, "password": username if password is None else password}
+        if ttl_ms is not None:
+            body["ttl"] = ttl_ms
+        response = self.http.post(f"{self.url}/auth/local/auth", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()["jwt"]
+
+    def db(self, collection: str) -> list[dict]:
+        """Records of DIR/db/<collection>.json (what the server was started with, plus upserts)."""
+        return json.loads((self.data / "db" / f"{collection}.json").read_text())
+
+    def put_records(self, collection: str, records: list[dict]) -> None:
+        """Inserts or replaces records by `_id` (also written to DIR/db)."""
+        self._admin("POST", f"db/{collection}", json=records)
+
+    def put_archive(self, dataset_id: str, data: bytes) -> None:
+        """Replaces a dataset's stored archive; its `size` becomes len(data)."""
+        self._admin("PUT", f"archive/{dataset_id}", data=data)
+
+
+class EmulatorProcess:
+    """`python -m blfs.emulator serve` as a child process; `stop()` ends it (SIGTERM, then kill)."""
+
+    def __init__(
+        self,
+        data: Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        tls: tuple[Path, Path] | None = None,
+        knobs_file: Path | None = None,
+        stderr: Path | None = None,
+        detach: bool = False,
+    ) -> None:
+        args = [sys.executable, "-m", "blfs.emulator", "serve", str(data), "--host", host]
+        args += ["--port", str(port)]
+        if tls:
+            args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        if knobs_file:
+            args += ["--knobs", str(knobs_file)]
+        error_log = stderr.open("ab") if stderr else None
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=error_log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+        if error_log:
+            error_log.close()
+        self.pid = self.process.pid
+        self.url = self._read_url()
+        self.emulator = Emulator(self.url, data, verify=str(tls[0]) if tls else True)
+
+    def _read_url(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT
+        stdout = self.process.stdout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([stdout], [], [], 0.1)
+            if ready:
+                line = stdout.readline().decode().strip()
+                if line:
+                    return line
+            if self.process.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"emulator did not start (exit code {self.process.returncode})")
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def start_emulator(data: Path, **knobs: object) -> Iterator[Emulator]:
+    """Serves `data` for the duration of the block, with `knobs` set before it is handed out."""
+    server = EmulatorProcess(Path(data))
+    try:
+        if knobs:
+            server.emulator.set(**knobs)
+        yield server.emulator
+    finally:
+        server.stop()

@@ -1,0 +1,106 @@
+"""The emulator's database: DIR/db/*.json loaded into mongomock, so queries get Mongo semantics.
+
+Also owns the archive files (DIR/archives) and task dirs (DIR/tasks). Writes made through the
+admin endpoints go back to DIR/db so that tests reading the JSON files see what the server serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import mongomock
+
+from .generate import COLLECTIONS
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class Store:
+    """Thread-safe access to the collections (mongomock is not) and the files on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.RLock()
+        self._db = mongomock.MongoClient().blfs
+        for name in COLLECTIONS:
+            path = root / "db" / f"{name}.json"
+            records = json.loads(path.read_text()) if path.exists() else []
+            if records:
+                self._db[name].insert_many(records)
+
+    def find(
+        self,
+        collection: str,
+        query: dict,
+        projection: dict | None = None,
+        sort: list[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict]:
+        with self._lock:
+            cursor = self._db[collection].find(query, projection or None)
+            if sort:
+                cursor = cursor.sort(sort)
+            return list(cursor.skip(skip).limit(limit))
+
+    def one(self, collection: str, query: dict) -> dict | None:
+        with self._lock:
+            return self._db[collection].find_one(query)
+
+    def count(self, collection: str, query: dict) -> int:
+        with self._lock:
+            return self._db[collection].count_documents(query)
+
+    def distinct(self, collection: str, key: str, query: dict) -> list:
+        with self._lock:
+            return self._db[collection].distinct(key, query)
+
+    def aggregate(self, collection: str, pipeline: list[dict]) -> list[dict]:
+        with self._lock:
+            return list(self._db[collection].aggregate(pipeline))
+
+    def increment(self, collection: str, record_id: str, key: str) -> None:
+        with self._lock:
+            self._db[collection].update_one({"_id": record_id}, {"$inc": {key: 1}})
+
+    def upsert(self, collection: str, records: list[dict]) -> None:
+        """Inserts or replaces records by `_id`, then rewrites DIR/db/<collection>.json."""
+        with self._lock:
+            table = self._db[collection]
+            for record in records:
+                table.replace_one({"_id": record["_id"]}, record, upsert=True)
+            self._save(collection)
+
+    def _save(self, collection: str) -> None:
+        path = self.root / "db" / f"{collection}.json"
+        temporary = path.with_suffix(".json.tmp")
+        records = list(self._db[collection].find({}))
+        temporary.write_text(json.dumps(records, indent=1))
+        os.replace(temporary, path)
+
+    def archive(self, dataset_id: str) -> Path | None:
+        for suffix in (".tar", ".tar.gz"):
+            path = self.root / "archives" / f"{dataset_id}{suffix}"
+            if path.exists():
+                return path
+        return None
+
+    def replace_archive(self, dataset_id: str, data: bytes) -> None:
+        """Stores `data` as the dataset's archive (gzip sniffed for the name) and sets `size`."""
+        with self._lock:
+            old = self.archive(dataset_id)
+            suffix = ".tar.gz" if data[:2] == GZIP_MAGIC else ".tar"
+            path = self.root / "archives" / f"{dataset_id}{suffix}"
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+            if old and old != path:
+                old.unlink()
+            self._db["datasets"].update_one({"_id": dataset_id}, {"$set": {"size": len(data)}})
+            self._save("datasets")
+
+    def task_dir(self, task: dict) -> Path:
+        return self.root / "tasks" / task["instance_id"] / task["_id"]

@@ -1,0 +1,260 @@
+"""The warehouse service (`/api/warehouse`): projects, datatypes, datasets, publications.
+
+Quirks reproduced on purpose (API document §2, §3, §7): `count` before the ACL filter, unreadable
+rows silently dropped, `limit=0` = all, 403 `{"err": ...}` on download, a hang when a dataset
+query's `select` drops `project`, a hang for the product of an unknown id.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .context import App
+from .query import (
+    check_object_id,
+    parse_find,
+    parse_select,
+    parse_skip,
+    parse_sort,
+    warehouse_limit,
+)
+from .web import ApiError, Hang, Request, Response, json_response, route
+
+SITE = "https://brainlife.io"
+
+
+def _legacy_tags(request: Request, find: dict) -> dict:
+    """`datatype_tags[]=tag` requires a tag, `datatype_tags[]=!tag` excludes it."""
+    tags = request.args("datatype_tags[]")
+    if not tags:
+        return find
+    conditions = [
+        {"datatype_tags": {"$ne": t[1:]}} if t.startswith("!") else {"datatype_tags": t}
+        for t in tags
+    ]
+    return {"$and": [find, *conditions]}
+
+
+def routes(app: App) -> list:
+    store = app.store
+
+    def projects(request: Request) -> Response:
+        claims = app.user(request, required=False)
+        find = parse_find(request)
+        if claims is None:
+            find = {**find, "access": "public"}
+        elif not (request.arg("admin") and app.has_scope(claims, "warehouse", "admin")):
+            sub = app.sub(claims)
+            visible = [
+                {"guests": sub},
+                {"members": sub},
+                {"admins": sub},
+                {"access": "public"},
+                {"listed": True},
+            ]
+            find = {"$and": [find, {"$or": visible}]}
+        rows = store.find(
+            "projects",
+            find,
+            parse_select(request),
+            parse_sort(request, "_id"),
+            parse_skip(request),
+            warehouse_limit(request),
+        )
+        return json_response({"projects": rows, "count": store.count("projects", find)})
+
+    def project_query(request: Request) -> Response:
+        claims = app.user(request, required=False)
+        words = (request.arg("q") or "").split()
+        matches = [
+            {
+                "$or": [
+                    {field: {"$regex": re.escape(w), "$options": "i"}}
+                    for field in ("name", "desc", "tags")
+                ]
+            }
+            for w in words
+        ]
+        find = {
+            "_id": {"$in": sorted(app.readable_projects(claims))},
+            "removed": False,
+            **({"$and": matches} if matches else {}),
+        }
+        return json_response(store.find("projects", find, sort=[("_id", 1)]))
+
+    def datatypes(request: Request) -> Response:
+        app.user(request, required=False)
+        find = parse_find(request)
+        rows = store.find(
+            "datatypes",
+            find,
+            parse_select(request),
+            parse_sort(request, "_id"),
+            parse_skip(request),
+            warehouse_limit(request),
+        )
+        return json_response({"datatypes": rows, "count": store.count("datatypes", find)})
+
+    def datasets(request: Request) -> Response:
+        claims = app.user(request)
+        find = _legacy_tags(request, parse_find(request))
+        rows = store.find(
+            "datasets",
+            find,
+            parse_select(request),
+            parse_sort(request),
+            parse_skip(request),
+            warehouse_limit(request),
+        )
+        sub = app.sub(claims)
+        readable = app.readable_projects(claims)
+        writable = {
+            p["_id"]
+            for p in store.find(
+                "projects", {"$or": [{"members": sub}, {"admins": sub}]}, {"_id": 1}
+            )
+        }
+        kept = []
+        for row in rows:
+            if not row.get("publications"):
+                if "project" not in row:
+                    raise Hang("the ACL filter dereferences d.project._id")
+                if row["project"] not in readable:
+                    continue
+            row["_canedit"] = row.get("project") in writable
+            kept.append(row)
+        if request.arg("single"):
+            if not kept:
+                return Response(200, [("Content-Type", "application/json; charset=utf-8")])
+            return json_response(kept[0])
+        sizes = store.find("datasets", find, {"size": 1})
+        total = sum(r["size"] for r in sizes if isinstance(r.get("size"), int))
+        return json_response({"datasets": kept, "count": len(sizes), "size": total})
+
+    def readable_project(claims: dict, find: dict) -> str:
+        project = find.get("project")
+        if not project:
+            raise ApiError("please specify project query")
+        if project not in app.readable_projects(claims):
+            raise ApiError(f"no read access to specified project:{project}")
+        return project
+
+    def distinct(request: Request) -> Response:
+        claims = app.user(request)
+        find = parse_find(request)
+        readable_project(claims, find)
+        return json_response(store.distinct("datasets", request.arg("distinct") or "_id", find))
+
+    def inventory(request: Request) -> Response:
+        claims = app.user(request)
+        find = parse_find(request)
+        if not find.get("publications"):
+            readable_project(claims, find)
+        group = {
+            "subject": "$meta.subject",
+            "datatype": "$datatype",
+            "datatype_tags": "$datatype_tags",
+        }
+        pipeline = [
+            {"$match": find},
+            {"$group": {"_id": group, "count": {"$sum": 1}, "size": {"$sum": "$size"}}},
+            {"$sort": {"_id.subject": 1}},
+        ]
+        return json_response(store.aggregate("datasets", pipeline))
+
+    def download(request: Request) -> Response:
+        claims = app.user(request, allow_query=True)
+        dataset_id = check_object_id(request.params["id"], "_id", "Datasets")
+        dataset = store.one("datasets", {"_id": dataset_id})
+        if dataset is None:
+            raise ApiError("couldn't find the dataset specified", 404)
+        if dataset.get("status") != "stored":
+            raise ApiError(f"status it not stored:{dataset.get('status')}")
+        if not dataset.get("storage"):
+            raise ApiError("storage not set")
+        if not app.has_scope(claims, "warehouse", "stage"):
+            if not dataset.get("publications") and dataset["project"] not in app.readable_projects(
+                claims
+            ):
+                message = "you don't have access to the project that the dataset belongs"
+                raise ApiError(message, 403, {"err": message})
+            project = store.one("projects", {"_id": dataset["project"]}) or {}
+            user = store.one("users", {"sub": claims.get("sub")}) or {}
+            agreed = user.get("agreements") or {}
+            if any(not agreed.get(a["_id"]) for a in project.get("agreements") or []):
+                message = (
+                    "You must agree to all data access agreements at "
+                    f"{SITE}/project/{dataset['project']}"
+                )
+                raise ApiError(message, 403, {"err": message})
+        path = store.archive(dataset_id)
+        if path is None:
+            raise ApiError(f"Error: ENOENT: no such file or directory, stat '{dataset_id}.tar'")
+        if request.method == "GET":
+            store.increment("datasets", dataset_id, "download_count")
+        name = path.name
+        return Response(
+            headers=[("Content-disposition", f"attachment; filename={name}")],
+            file=path,
+            file_size=path.stat().st_size,
+        )
+
+    def product(request: Request) -> Response:
+        claims = app.user(request)
+        dataset_id = check_object_id(request.params["id"], "_id", "Datasets")
+        dataset = store.one("datasets", {"_id": dataset_id})
+        if dataset is None:
+            raise Hang("the handler calls an undefined function for unknown ids")
+        if dataset["project"] not in app.readable_projects(claims):
+            raise ApiError("can't access this dataset")
+        record = store.one("products", {"dataset_id": dataset_id})
+        return json_response({"product": record["product"] if record else None})
+
+    def pubs(request: Request) -> Response:
+        find = parse_find(request)
+        rows = store.find(
+            "pubs",
+            find,
+            parse_select(request),
+            parse_sort(request, "_id"),
+            parse_skip(request),
+            warehouse_limit(request),
+        )
+        if request.arg("deref_contacts"):
+            users = {str(u["sub"]): u for u in store.find("users", {})}
+            for row in rows:
+                for key in ("authors", "contributors"):
+                    if key in row:
+                        row[key] = [_contact(users.get(str(s)), s) for s in row[key]]
+        return json_response({"pubs": rows, "count": store.count("pubs", find)})
+
+    def pub_datasets(request: Request) -> Response:
+        find = {"$and": [parse_find(request), {"publications": request.params["id"]}]}
+        rows = store.find(
+            "datasets",
+            find,
+            parse_select(request),
+            parse_sort(request, "_id"),
+            parse_skip(request),
+            warehouse_limit(request),
+        )
+        return json_response({"datasets": rows, "count": store.count("datasets", find)})
+
+    return [
+        route("GET", "/project", projects),
+        route("GET", "/project/query", project_query),
+        route("GET", "/datatype", datatypes),
+        route("GET", "/dataset", datasets),
+        route("GET", "/dataset/distinct", distinct),
+        route("GET", "/dataset/inventory", inventory),
+        route("GET", "/dataset/download/(?P<id>[^/]+)", download),
+        route("GET", "/dataset/product/(?P<id>[^/]+)", product),
+        route("GET", "/pub", pubs),
+        route("GET", "/pub/datasets/(?P<id>[^/]+)", pub_datasets),
+    ]
+
+
+def _contact(user: dict | None, sub: str) -> dict:
+    if user is None:
+        return {"sub": sub}
+    return {k: user[k] for k in ("sub", "username", "fullname", "email")}
