@@ -6,9 +6,11 @@ admin endpoints go back to DIR/db so that tests reading the JSON files see what 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import mongomock
@@ -16,6 +18,7 @@ import mongomock
 from .generate import COLLECTIONS
 
 GZIP_MAGIC = b"\x1f\x8b"
+CACHE_ENTRIES = 64
 
 
 class Store:
@@ -25,6 +28,8 @@ class Store:
         self.root = root
         self._lock = threading.RLock()
         self._db = mongomock.MongoClient().blfs
+        self._versions: dict[str, int] = dict.fromkeys(COLLECTIONS, 0)
+        self._cache: OrderedDict[str, tuple[int, list[dict]]] = OrderedDict()
         for name in COLLECTIONS:
             path = root / "db" / f"{name}.json"
             records = json.loads(path.read_text()) if path.exists() else []
@@ -40,11 +45,35 @@ class Store:
         skip: int = 0,
         limit: int = 0,
     ) -> list[dict]:
+        """One page of a query; rows are shallow copies (handlers may add top-level keys)."""
+        rows = self._results(collection, query, projection or None, sort or None)
+        page = rows[skip : skip + limit] if limit else rows[skip:]
+        return [dict(row) for row in page]
+
+    def _results(
+        self, collection: str, query: dict, projection: dict | None, sort: list | None
+    ) -> list[dict]:
+        def run() -> list[dict]:
+            cursor = self._db[collection].find(query, projection)
+            return list(cursor.sort(sort) if sort else cursor)
+
+        return self._memo(collection, ["find", query, projection, sort], run)
+
+    def _memo(self, collection: str, key: list, compute):
+        """Query results memoized until the collection changes: clients page through the same
+        query (skip += limit) and list the same folders again, and mongomock scans every time."""
+        text = json.dumps([collection, *key], sort_keys=True, default=str)
         with self._lock:
-            cursor = self._db[collection].find(query, projection or None)
-            if sort:
-                cursor = cursor.sort(sort)
-            return list(cursor.skip(skip).limit(limit))
+            version = self._versions[collection]
+            cached = self._cache.get(text)
+            if cached and cached[0] == version:
+                self._cache.move_to_end(text)
+                return cached[1]
+            result = compute()
+            self._cache[text] = (version, result)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+            return result
 
     def one(self, collection: str, query: dict) -> dict | None:
         with self._lock:
@@ -55,16 +84,22 @@ class Store:
             return self._db[collection].count_documents(query)
 
     def distinct(self, collection: str, key: str, query: dict) -> list:
-        with self._lock:
-            return self._db[collection].distinct(key, query)
+        table = self._db[collection]
+        return list(
+            self._memo(collection, ["distinct", key, query], lambda: table.distinct(key, query))
+        )
 
     def aggregate(self, collection: str, pipeline: list[dict]) -> list[dict]:
-        with self._lock:
-            return list(self._db[collection].aggregate(pipeline))
+        table = self._db[collection]
+        rows = self._memo(
+            collection, ["aggregate", pipeline], lambda: list(table.aggregate(pipeline))
+        )
+        return copy.deepcopy(rows)
 
     def increment(self, collection: str, record_id: str, key: str) -> None:
         with self._lock:
             self._db[collection].update_one({"_id": record_id}, {"$inc": {key: 1}})
+            self._versions[collection] += 1
 
     def upsert(self, collection: str, records: list[dict]) -> None:
         """Inserts or replaces records by `_id`, then rewrites DIR/db/<collection>.json."""
@@ -72,6 +107,7 @@ class Store:
             table = self._db[collection]
             for record in records:
                 table.replace_one({"_id": record["_id"]}, record, upsert=True)
+            self._versions[collection] += 1
             self._save(collection)
 
     def _save(self, collection: str) -> None:
@@ -100,6 +136,7 @@ class Store:
             if old and old != path:
                 old.unlink()
             self._db["datasets"].update_one({"_id": dataset_id}, {"$set": {"size": len(data)}})
+            self._versions["datasets"] += 1
             self._save("datasets")
 
     def task_dir(self, task: dict) -> Path:
