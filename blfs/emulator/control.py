@@ -73,6 +73,19 @@ class Emulator:
         response.raise_for_status()
         return response.json()["jwt"]
 
+    def get(self, path: str, token: str | None = None, **kwargs) -> requests.Response:
+        """GET `{url}{path}` (e.g. "/warehouse/dataset"), Bearer `token` if given; dict or
+        list values in `params` are sent as JSON text, the way brainlife clients send `find`."""
+        params = {
+            k: json.dumps(v) if isinstance(v, (dict, list)) else v
+            for k, v in (kwargs.pop("params", None) or {}).items()
+        }
+        headers = dict(kwargs.pop("headers", None) or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        kwargs.setdefault("timeout", 30)
+        return self.http.get(f"{self.url}{path}", params=params, headers=headers, **kwargs)
+
     def db(self, collection: str) -> list[dict]:
         """Records of DIR/db/<collection>.json (what the server was started with, plus upserts)."""
         return json.loads((self.data / "db" / f"{collection}.json").read_text())

@@ -237,8 +237,7 @@ class Generator:
                     meta,
                     tags=tags,
                     legacy=index in LEGACY_GRID_INDEXES,
-                    product=datatype.name == "neuro/tractprofile"
-                    or (datatype.name == "neuro/anat/t1w" and s % 2 == 0),
+                    product=datatype.name == "neuro/anat/t1w" and s % 2 == 0,
                     prov=k % 3 != 2,
                 )
         first = f"{1:0{width}d}"
@@ -331,7 +330,7 @@ class Generator:
             record["status_msg"] = "archive failed: tar exited with code 2"
         for release in releases:
             self.releases[release].append(dataset_id)
-        if product:
+        if product or datatype_name == "neuro/tractprofile":
             self.db["products"].append(
                 {
                     "_id": self.oid("product", key),
