@@ -1,0 +1,427 @@
+"""The brainlife REST client (DESIGN §7 "api"): URLs, JSON, tokens, paging, retries, timeouts, and
+the mapping of brainlife's error answers to our exception types (DESIGN §4, API §0 and §5).
+
+Knows nothing of paths or FUSE. Safe to call from many threads at once: one pooled
+`requests.Session`, and token refreshes serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from blfs.auth import TokenStore, claims
+from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError, RemoteTimeout
+
+log = logging.getLogger(__name__)
+
+LOGIN_HINT = "run `blfs login`"
+# Rows per page of a list query. No server enforces a maximum (API §0).
+PAGE_SIZE = 1000
+# Refresh a token once less than this fraction of its lifetime is left (API §1: POST /refresh).
+REFRESH_FRACTION = 0.5
+# Lifetime assumed for a token without `iat` (the server default, API §1).
+DEFAULT_TTL = 7 * 86400.0
+# After a failed refresh, carry on with the old token for this long before trying again.
+REFRESH_RETRY_AFTER = 60.0
+# Server messages (HTTP 500 bodies) meaning "no access" and "no such thing" (API §2, §4, §5).
+_NO_ACCESS = re.compile(r"no read access|can't access|don't have access", re.IGNORECASE)
+_NOT_FOUND = re.compile(r"no such task id|CastError", re.IGNORECASE)
+# 500 answers that a retry cannot change: the request itself is at fault.
+_PERMANENT = re.compile(r"SyntaxError|status it not stored|No such file", re.IGNORECASE)
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+
+
+class Auth(enum.Enum):
+    """What a route wants from the token (API §2–§4)."""
+
+    NONE = "none"  # never sent (/pub, /task/:id, /datatype): public for everyone
+    OPTIONAL = "optional"  # sent if we have one (/project: guests see public projects)
+    REQUIRED = "required"  # no token → AccessDenied without asking the server
+
+
+def printable(url: str) -> str:
+    """The URL without any `at=` token parameter: the only form that may reach a message or log."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = "&".join(p for p in parts.query.split("&") if not p.startswith("at="))
+    return urlunsplit(parts._replace(query=query))
+
+
+class _Failure(Exception):
+    """One failed attempt: the error to raise, and whether another attempt might succeed."""
+
+    def __init__(self, error: BlfsError, retryable: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retryable = retryable
+
+
+def _server_message(response: requests.Response) -> str:
+    """brainlife's error text: `{"message": …}` (handlers), `{"err": …}` (download ACL) or text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("message", "err"):
+            if isinstance(body.get(key), str):
+                return body[key]
+    text = response.text.strip().splitlines()
+    return text[0][:300] if text else f"HTTP {response.status_code}"
+
+
+def _classify(response: requests.Response) -> _Failure:
+    """Maps an error answer to our exception types (DESIGN §4)."""
+    status = response.status_code
+    url = printable(response.url)
+    message = _server_message(response)
+    if "UnauthorizedError" in message or status == 401:
+        detail = message.removeprefix("UnauthorizedError: ")
+        return _Failure(AccessDenied(f"brainlife refused the token ({detail}): {LOGIN_HINT}"))
+    if status == 403 or _NO_ACCESS.search(message):
+        return _Failure(AccessDenied(f"no access: {message} ({url})"))
+    if status == 404 or _NOT_FOUND.search(message):
+        return _Failure(NotFound(f"not found: {message} ({url})"))
+    retryable = status >= 500 and not _PERMANENT.search(message)
+    return _Failure(RemoteError(f"{url} failed: HTTP {status}: {message}"), retryable)
+
+
+class Download:
+    """One streaming HTTP body, raw bytes exactly as sent (no content decoding).
+
+    The read timeout bounds each wait for the next chunk, not the whole body. A body that ends
+    before its Content-Length raises RemoteError, so a truncated download never looks complete.
+    """
+
+    def __init__(self, response: requests.Response, url: str) -> None:
+        self._response = response
+        self.url = url
+        length = response.headers.get("Content-Length")
+        self.length: int | None = int(length) if length and length.isdigit() else None
+        self.bytes_read = 0
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self._response.raw.read(n, decode_content=False)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise RemoteTimeout(f"{self.url}: no data for too long after {self._done()}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RemoteError(f"{self.url}: download broke off after {self._done()}") from exc
+        if not data and n and self.length is not None and self.bytes_read < self.length:
+            raise RemoteError(f"{self.url}: download broke off after {self._done()}")
+        self.bytes_read += len(data)
+        return data
+
+    def _done(self) -> str:
+        total = "?" if self.length is None else str(self.length)
+        return f"{self.bytes_read} of {total} bytes"
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Client:
+    """brainlife's auth, warehouse and amaretti services under one API URL (API §0)."""
+
+    def __init__(
+        self,
+        api_url: str,
+        tokens: TokenStore | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        api = api_url.rstrip("/")
+        self.tokens = tokens
+        self.timeout = timeout
+        self.retries = retries
+        self.page_size = page_size
+        self._auth = f"{api}/auth"
+        self._warehouse = f"{api}/warehouse"
+        self._amaretti = f"{api}/amaretti"
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._refresh_lock = threading.Lock()
+        self._refresh_failed_at = float("-inf")
+
+    # --- warehouse ------------------------------------------------------------------------------
+
+    def projects(self) -> list[dict[str, Any]]:
+        """Projects the user can read or that are listed, not removed (API §2 GET /project)."""
+        find = {"removed": False}
+        return list(self._warehouse_pages("/project", "projects", {"find": find}, Auth.OPTIONAL))
+
+    def datatypes(self) -> dict[str, dict[str, Any]]:
+        rows = self._warehouse_pages("/datatype", "datatypes", {}, Auth.NONE)
+        return {row["_id"]: row for row in rows}
+
+    def datasets(self, find: dict[str, Any], select: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every dataset matching `find` that the user can read, all pages."""
+        params: dict[str, Any] = {"find": find, "sort": "_id"}
+        if select is not None:
+            params["select"] = _dataset_select(select)
+        return self._warehouse_pages("/dataset", "datasets", params, Auth.REQUIRED)
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        _check_id(dataset_id, "data-object")
+        for record in self.datasets({"_id": dataset_id}):
+            return record
+        raise NotFound(f"no readable data-object {dataset_id}")
+
+    def product(self, dataset_id: str) -> dict[str, Any] | None:
+        _check_id(dataset_id, "data-object")
+        url = f"{self._warehouse}/dataset/product/{dataset_id}"
+        return self._get_json(url, {}, Auth.REQUIRED).get("product")
+
+    def download_dataset(self, dataset_id: str) -> Download:
+        _check_id(dataset_id, "data-object")
+        return self._open_download(f"{self._warehouse}/dataset/download/{dataset_id}", {})
+
+    # --- publications -----------------------------------------------------------------------------
+
+    def pubs(self) -> list[dict[str, Any]]:
+        """Publications not removed; needs no token (API §3)."""
+        return list(self._warehouse_pages("/pub", "pubs", {"find": {"removed": False}}, Auth.NONE))
+
+    def release_datasets(
+        self, release_id: str, find: dict[str, Any] | None = None, select: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every dataset of a release (no ACL, no removed filter server-side); needs no token."""
+        _check_id(release_id, "release")
+        params: dict[str, Any] = {"find": find or {}, "sort": "_id"}
+        if select is not None:
+            params["select"] = select
+        return self._warehouse_pages(f"/pub/datasets/{release_id}", "datasets", params, Auth.NONE)
+
+    # --- amaretti ---------------------------------------------------------------------------------
+
+    def instances(self, group_id: int) -> list[dict[str, Any]]:
+        """A project's processes, as the brainlife UI lists them (API §4)."""
+        find = {
+            "config.brainlife": True,
+            "status": {"$ne": "removed"},
+            "group_id": group_id,
+            "config.removing": {"$exists": False},
+        }
+        return list(self._amaretti_pages("/instance", "instances", find))
+
+    def tasks(self, instance_id: str) -> list[dict[str, Any]]:
+        _check_id(instance_id, "process")
+        find = {"instance_id": instance_id, "status": {"$ne": "removed"}}
+        return list(self._amaretti_pages("/task", "tasks", find))
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        _check_id(task_id, "task")
+        return self._get_json(f"{self._amaretti}/task/{task_id}", {}, Auth.NONE)
+
+    def task_ls(self, task_id: str, path: str = "") -> list[dict[str, Any]]:
+        _check_id(task_id, "task")
+        url = f"{self._amaretti}/task/ls/{task_id}"
+        return self._get_json(url, {"p": path} if path else {}, Auth.REQUIRED)["files"]
+
+    def download_task_file(self, task_id: str, path: str) -> Download:
+        _check_id(task_id, "task")
+        url = f"{self._amaretti}/task/download/{task_id}/{quote(path.strip('/'))}"
+        return self._open_download(url, {})
+
+    # --- auth -------------------------------------------------------------------------------------
+
+    def login(self, username: str, password: str, ttl_days: float = 7) -> str:
+        """A new token for a username (or email) and password, as `bl login` gets it. The caller
+        stores it (TokenStore.save). Not retried: failed logins count towards a lockout."""
+        body = {"username": username, "password": password, "ttl": int(ttl_days * 86_400_000)}
+        try:
+            response = self._attempt("POST", f"{self._auth}/local/auth", json=body)
+        except _Failure as exc:
+            raise exc.error from exc
+        if not response.ok:
+            message = _server_message(response)
+            if response.status_code in (401, 403):
+                raise AccessDenied(f"brainlife login failed: {message}")
+            raise _classify(response).error
+        return response.json()["jwt"]
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def _warehouse_pages(
+        self, path: str, key: str, params: dict[str, Any], auth: Auth
+    ) -> Iterator[dict[str, Any]]:
+        """Pages by `count`: a page may be short, even empty, when rows the user cannot read were
+        dropped after the query (API §2), so a short page does not mean the end."""
+        url = self._warehouse + path
+        skip = 0
+        while True:
+            body = self._get_json(url, {**params, "limit": self.page_size, "skip": skip}, auth)
+            yield from body[key]
+            skip += self.page_size
+            count = body.get("count")
+            if count is None and len(body[key]) < self.page_size:
+                return
+            if count is not None and skip >= count:
+                return
+
+    def _amaretti_pages(self, path: str, key: str, find: dict[str, Any]) -> Iterator[dict]:
+        """Amaretti has no `count`, and its ACL is part of the query: a short page is the last."""
+        url = self._amaretti + path
+        skip = 0
+        while True:
+            params = {"find": find, "sort": "_id", "limit": self.page_size, "skip": skip}
+            rows = self._get_json(url, params, Auth.REQUIRED)[key]
+            yield from rows
+            if len(rows) < self.page_size:
+                return
+            skip += self.page_size
+
+    def _get_json(self, url: str, params: dict[str, Any], auth: Auth) -> Any:
+        headers = self._auth_headers(auth)
+        response = self._with_retries(url, params, headers, stream=False)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RemoteError(f"{printable(response.url)} answered with invalid JSON") from exc
+
+    def _open_download(self, url: str, params: dict[str, Any]) -> Download:
+        """Opens a streaming body. Only the opening is retried: bytes already handed out cannot
+        be taken back, so a failure mid-body is the reader's to handle (the fetch layer retries
+        the whole download)."""
+        headers = self._auth_headers(Auth.REQUIRED)
+        headers["Accept-Encoding"] = "identity"
+        response = self._with_retries(url, params, headers, stream=True)
+        return Download(response, printable(response.url))
+
+    def _with_retries(
+        self, url: str, params: dict[str, Any], headers: dict[str, str], *, stream: bool
+    ) -> requests.Response:
+        """GETs with bounded retries and exponential backoff for failures that may pass."""
+        query = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()}
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._attempt("GET", url, params=query, headers=headers, stream=stream)
+                if response.ok:
+                    return response
+                failure = _classify(response)
+                response.close()
+            except _Failure as exc:
+                failure = exc
+            if not failure.retryable or attempt == self.retries:
+                raise failure.error
+            delay = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
+            log.warning("%s (retry %d of %d in %.1f s)", failure, attempt + 1, self.retries, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request with connect and read timeouts; network failures become `_Failure`s."""
+        shown = printable(url) + ("?" + urlencode(kwargs["params"]) if kwargs.get("params") else "")
+        timeout = (min(self.timeout, 10.0), self.timeout)
+        try:
+            response = self._session.request(method, url, timeout=timeout, **kwargs)
+        except requests.Timeout as exc:
+            error: BlfsError = RemoteTimeout(f"{shown}: no answer within {self.timeout:g} s")
+            raise _Failure(error, retryable=True) from exc
+        except requests.RequestException as exc:
+            error = RemoteError(f"{shown}: cannot reach the server ({type(exc).__name__})")
+            raise _Failure(error, retryable=True) from exc
+        log.debug("%s %s → %d", method, printable(response.url), response.status_code)
+        return response
+
+    # --- tokens -----------------------------------------------------------------------------------
+
+    def _auth_headers(self, auth: Auth) -> dict[str, str]:
+        if auth is Auth.NONE:
+            return {}
+        token = self._valid_token(auth)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _valid_token(self, auth: Auth) -> str | None:
+        """The stored token, refreshed first when near expiry; AccessDenied if it cannot serve."""
+        token = self.tokens.get() if self.tokens else None
+        if token is None:
+            if auth is Auth.REQUIRED:
+                raise AccessDenied(f"not logged in to brainlife: {LOGIN_HINT}")
+            return None
+        exp, lifetime = _expiry(token, self.tokens)
+        left = exp - time.time()
+        if left <= 0:
+            raise AccessDenied(f"the brainlife token has expired: {LOGIN_HINT}")
+        if left < lifetime * REFRESH_FRACTION:
+            return self._refresh(token, lifetime)
+        return token
+
+    def _refresh(self, token: str, lifetime: float) -> str:
+        """Swaps the token for a fresh one of the same lifetime; on failure keeps the old one
+        (still valid) and tries again later. One thread refreshes, the others wait for it."""
+        assert self.tokens is not None
+        with self._refresh_lock:
+            current = self.tokens.get() or token
+            if current != token or time.monotonic() - self._refresh_failed_at < REFRESH_RETRY_AFTER:
+                return current
+            url = f"{self._auth}/refresh"
+            headers = {"Authorization": f"Bearer {token}"}
+            try:
+                response = self._attempt(
+                    "POST", url, json={"ttl": int(lifetime * 1000)}, headers=headers
+                )
+                if not response.ok:
+                    raise _classify(response)
+                fresh = response.json()["jwt"]
+                claims(fresh)
+            except (_Failure, ValueError, KeyError, TypeError) as exc:
+                self._refresh_failed_at = time.monotonic()
+                log.warning("could not refresh the brainlife token, still using it: %s", exc)
+                return token
+            self.tokens.save(fresh)
+            log.info("refreshed the brainlife token in %s", self.tokens.path)
+            return fresh
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _expiry(token: str, tokens: TokenStore | None) -> tuple[float, float]:
+    """(expiry time, lifetime) in seconds from the token's claims; `exp` is a float (API §1)."""
+    try:
+        decoded = claims(token)
+        exp = float(decoded["exp"])
+        lifetime = exp - float(decoded["iat"]) if "iat" in decoded else DEFAULT_TTL
+    except (ValueError, KeyError, TypeError) as exc:
+        where = f" in {tokens.path}" if tokens else ""
+        raise AccessDenied(f"the brainlife token{where} is unreadable: {LOGIN_HINT}") from exc
+    return exp, lifetime
+
+
+def _check_id(value: str, what: str) -> None:
+    """A malformed id would only earn a server CastError (API §5): answer it locally."""
+    if not _OBJECT_ID.fullmatch(value):
+        raise NotFound(f"no {what} with id {value!r}")
+
+
+def _dataset_select(select: str) -> str:
+    """/dataset's ACL filter reads `project` (and `publications`): without them in the select
+    the server hangs (API §2). Exclusion-only selects keep them unless they exclude them."""
+    fields = select.split()
+    if fields and all(f.startswith("-") for f in fields):
+        return " ".join(f for f in fields if f not in ("-project", "-publications"))
+    return " ".join(fields + [f for f in ("project", "publications") if f not in fields])
