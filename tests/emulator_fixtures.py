@@ -2,11 +2,13 @@
 
 `emulator_data` is generated once per session with the CLI defaults (`--seed 1`); `emulator`
 is the session's server with knobs reset and its request log cleared before each test.
-`start_emulator(data_dir, **knobs)` serves another generated dir for tests that need one.
+`scratch_emulator` serves a private copy of that data, for tests that add records or replace
+archives; `start_emulator(data_dir, **knobs)` serves any other generated dir.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,14 @@ import pytest
 
 from blfs.emulator.control import Emulator, EmulatorProcess, generate_data, start_emulator
 
-__all__ = ["emulator", "emulator_data", "emulator_server", "generate_data", "start_emulator"]
+__all__ = [
+    "emulator",
+    "emulator_data",
+    "emulator_server",
+    "generate_data",
+    "scratch_emulator",
+    "start_emulator",
+]
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +48,12 @@ def emulator(emulator_server: Emulator) -> Emulator:
     emulator_server.reset()
     emulator_server.clear_requests()
     return emulator_server
+
+
+@pytest.fixture
+def scratch_emulator(emulator_data: Path, tmp_path: Path) -> Iterator[Emulator]:
+    """A server of its own over a copy of `emulator_data`: changes made through it stay there."""
+    data = tmp_path / "emulator-data"
+    shutil.copytree(emulator_data, data, symlinks=True)
+    with start_emulator(data) as emulator:
+        yield emulator

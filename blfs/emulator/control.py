@@ -38,7 +38,8 @@ class Emulator:
         self.root = self.url.removesuffix("/api")
         self.data = Path(data)
         self.http = requests.Session()
-        self.http.verify = verify
+        self.http.trust_env = False  # loopback only: no proxies, and CA bundles from the
+        self.http.verify = verify  # environment would override `verify` (requests quirk)
 
     def _admin(self, method: str, path: str, **kwargs) -> requests.Response:
         response = self.http.request(method, f"{self.root}/_admin/{path}", timeout=30, **kwargs)
@@ -74,10 +75,10 @@ class Emulator:
         return response.json()["jwt"]
 
     def get(self, path: str, token: str | None = None, **kwargs) -> requests.Response:
-        """GET `{url}{path}` (e.g. "/warehouse/dataset"), Bearer `token` if given; dict or
-        list values in `params` are sent as JSON text, the way brainlife clients send `find`."""
+        """GET `{url}{path}` (e.g. "/warehouse/dataset"), Bearer `token` if given; dict values
+        in `params` are sent as JSON text (as clients send `find`), lists as repeated keys."""
         params = {
-            k: json.dumps(v) if isinstance(v, (dict, list)) else v
+            k: json.dumps(v) if isinstance(v, dict) else v
             for k, v in (kwargs.pop("params", None) or {}).items()
         }
         headers = dict(kwargs.pop("headers", None) or {})
