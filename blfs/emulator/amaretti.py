@@ -29,13 +29,15 @@ from .query import (
 from .web import ApiError, Request, Response, json_response, route
 
 WORKDIR = "/workdir"
+JSON = "application/json"
 EXTRA_TYPES = {".gz": "application/gzip", ".tsv": "text/tab-separated-values", ".log": "text/plain"}
 
 
 def content_type(name: str) -> str:
-    """By the last extension, as the `mime` package does (`t1.nii.gz` → application/gzip)."""
+    """By the last extension, as Express does: `t1.nii.gz` → application/gzip."""
     suffix = posixpath.splitext(name)[1].lower()
-    return EXTRA_TYPES.get(suffix) or mimetypes.types_map.get(suffix, "application/octet-stream")
+    kind = EXTRA_TYPES.get(suffix) or mimetypes.types_map.get(suffix, "application/octet-stream")
+    return f"{kind}; charset=UTF-8" if kind.startswith("text/") or kind == JSON else kind
 
 
 def _entry(path: Path) -> dict:
@@ -136,18 +138,18 @@ def routes(app: App) -> list:
         return json_response(store.find("taskproducts", {"task_id": {"$in": allowed}}))
 
     def task_path(request: Request, claims: dict, relative: str) -> tuple[dict, Path, str]:
-        """The task, the file on disk and the path the real server would show in errors."""
+        """The task, the existing file or dir on disk, and its normalized relative path."""
         task = find_task(request.params["id"])
         if not can_access(claims, task):
             raise ApiError("don't have access to specified task")
         if not task.get("resource_ids"):
             raise ApiError(f"no resource currently available to download this task:{task['_id']}")
-        normal = posixpath.normpath("/" + relative).lstrip("/")
         if relative.startswith("/") or ".." in relative.split("/"):
             raise ApiError(f"Error: path is not under the task directory: {relative}")
-        shown = posixpath.join(WORKDIR, task["instance_id"], task["_id"], normal).rstrip("/.")
-        path = store.task_dir(task) / normal if normal else store.task_dir(task)
+        normal = posixpath.normpath(relative) if relative.strip("/.") else ""
+        path = store.task_dir(task) / normal
         if not path.exists():
+            shown = posixpath.join(WORKDIR, task["instance_id"], task["_id"], normal)
             raise ApiError(f"Error: No such file -- {shown}")
         return task, path, normal
 
