@@ -33,9 +33,12 @@ def is_mounted(mountpoint: str | Path) -> bool:
 
 
 def is_stale(mountpoint: str | Path) -> bool:
-    """A mount whose process died answers ENOTCONN ("Transport endpoint is not connected")."""
+    """A mount whose process died answers ENOTCONN ("Transport endpoint is not connected").
+
+    statfs always reaches the daemon; stat could be answered from the kernel's attribute cache.
+    """
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

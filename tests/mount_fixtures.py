@@ -167,3 +167,19 @@ def mount_factory(emulator, user_home: Path) -> Iterator[Callable[..., Mount]]:
             return stack.enter_context(mounted(kwargs.pop("api_url", emulator.url), **kwargs))
 
         yield make
+
+
+@pytest.fixture
+def replace_archive(emulator) -> Iterator[Callable[[str, bytes], None]]:
+    """Serves a crafted archive for a dataset; the generated one is put back after the test."""
+    originals: dict[str, bytes] = {}
+
+    def replace(dataset_id: str, data: bytes) -> None:
+        if dataset_id not in originals:
+            (path,) = (emulator.data / "archives").glob(f"{dataset_id}.*")
+            originals[dataset_id] = path.read_bytes()
+        emulator.put_archive(dataset_id, data)
+
+    yield replace
+    for dataset_id, data in originals.items():
+        emulator.put_archive(dataset_id, data)

@@ -23,22 +23,23 @@ def object_dirs(mount) -> set[str]:
     return {p.name for p in (mount.cache_dir / "objects").iterdir()}
 
 
-def sized_objects(emulator, count: int, size: int) -> list[dict]:
+def sized_objects(replace_archive, emulator, count: int, size: int) -> list[dict]:
     """`count` objects of Lab Private whose archives are replaced by one random member each."""
     chosen = shown_objects(emulator, "Lab Private")[:count]
     for obj in chosen:
-        emulator.put_archive(
-            obj["_id"], tar_bytes([(tarfile.TarInfo("blob.bin"), os.urandom(size))])
-        )
+        replace_archive(obj["_id"], tar_bytes([(tarfile.TarInfo("blob.bin"), os.urandom(size))]))
     return chosen
 
 
 def read_object(mount, obj: dict) -> bytes:
-    return (mount.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
+    """Reads the object's one member, then waits (by listing it) until the object is committed."""
+    data = (mount.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
+    os.listdir(mount.path / "objects" / obj["_id"])
+    return data
 
 
-def test_least_recently_used_objects_are_evicted_whole(mount_factory, emulator):
-    a, b, c, d = sized_objects(emulator, 4, MiB)
+def test_least_recently_used_objects_are_evicted_whole(replace_archive, mount_factory, emulator):
+    a, b, c, d = sized_objects(replace_archive, emulator, 4, MiB)
     mount = mount_factory(extra=("--cache-size", str(int(3.5 * MiB))))
     for obj in (a, b, c):
         read_object(mount, obj)
@@ -49,8 +50,8 @@ def test_least_recently_used_objects_are_evicted_whole(mount_factory, emulator):
     assert object_dirs(mount) == {a["_id"], c["_id"], d["_id"]}
 
 
-def test_an_open_object_is_never_evicted(mount_factory, emulator):
-    a, b, c = sized_objects(emulator, 3, MiB)
+def test_an_open_object_is_never_evicted(replace_archive, mount_factory, emulator):
+    a, b, c = sized_objects(replace_archive, emulator, 3, MiB)
     mount = mount_factory(extra=("--cache-size", str(int(1.5 * MiB))))
     with open(mount.path / "objects" / a["_id"] / "blob.bin", "rb") as held:
         first = held.read(1000)
@@ -60,8 +61,10 @@ def test_an_open_object_is_never_evicted(mount_factory, emulator):
         assert first + held.read() == read_object(mount, a)
 
 
-def test_an_object_larger_than_the_bound_is_still_readable(mount_factory, emulator):
-    (big,) = sized_objects(emulator, 1, 3 * MiB)
+def test_an_object_larger_than_the_bound_is_still_readable(
+    replace_archive, mount_factory, emulator
+):
+    (big,) = sized_objects(replace_archive, emulator, 1, 3 * MiB)
     mount = mount_factory(extra=("--cache-size", str(MiB)))
     data = read_object(mount, big)
     assert len(data) == 3 * MiB
@@ -92,10 +95,13 @@ def test_two_mounts_on_one_cache_download_once(mount_factory, emulator):
 
 
 def test_offline_cached_content_stays_readable(tmp_path, emulator_data, user_home):
-    from emulator_fixtures import start_emulator
     from mount_fixtures import mounted, save_token
 
-    with start_emulator(emulator_data) as server:
+    from blfs.emulator.control import EmulatorProcess
+
+    process = EmulatorProcess(emulator_data)
+    server = process.emulator
+    try:
         save_token(user_home, server.url, server.token("demo"))
         with mounted(server.url, user_home, ttl=0.5) as mount:
             lab = mount.path / "projects" / "Lab Private"
@@ -105,7 +111,7 @@ def test_offline_cached_content_stays_readable(tmp_path, emulator_data, user_hom
             uncached = next(
                 d for d in shown_objects(server, "Lab Private") if d["_id"] != obj["_id"]
             )
-            server.stop()
+            process.stop()
             time.sleep(1)
             assert sorted(os.listdir(lab)) == subjects
             assert (mount.path / "objects" / obj["_id"] / "t1.nii.gz").read_bytes() == cached
@@ -115,10 +121,12 @@ def test_offline_cached_content_stays_readable(tmp_path, emulator_data, user_hom
             assert caught.value.errno in (errno.EIO, errno.ETIMEDOUT, errno.ENOENT)
             assert time.monotonic() - start < 30
             assert mount.log().lower().count("unreachable") == 1
+    finally:
+        process.stop()
 
 
-def test_kill_9_mid_download_then_a_new_mount_recovers(mount_factory, emulator):
-    (obj,) = sized_objects(emulator, 1, 4 * MiB)
+def test_kill_9_mid_download_then_a_new_mount_recovers(replace_archive, mount_factory, emulator):
+    (obj,) = sized_objects(replace_archive, emulator, 1, 4 * MiB)
     emulator.set(bandwidth=MiB)
     first = mount_factory()
     reader = subprocess.Popen(
@@ -156,9 +164,11 @@ def small_filesystem(tmp_path: Path):
         run("umount", "-l", str(point))
 
 
-def test_disk_full_gives_enospc_and_no_corrupt_entry(mount_factory, emulator, small_filesystem):
-    small, big = sized_objects(emulator, 2, MiB)
-    emulator.put_archive(
+def test_disk_full_gives_enospc_and_no_corrupt_entry(
+    replace_archive, mount_factory, emulator, small_filesystem
+):
+    small, big = sized_objects(replace_archive, emulator, 2, MiB)
+    replace_archive(
         big["_id"],
         tar_bytes([(tarfile.TarInfo("blob.bin"), os.urandom(12 * MiB))]),
     )
@@ -186,8 +196,8 @@ def test_prefetch_a_subject_then_reads_cost_no_request(mount, emulator):
     )
 
 
-def test_status_shows_the_mount_and_a_download_in_progress(mount, emulator):
-    (obj,) = sized_objects(emulator, 1, 4 * MiB)
+def test_status_shows_the_mount_and_a_download_in_progress(replace_archive, mount, emulator):
+    (obj,) = sized_objects(replace_archive, emulator, 1, 4 * MiB)
     emulator.set(bandwidth=MiB)
     reader = subprocess.Popen(
         ["cat", str(mount.path / "objects" / obj["_id"] / "blob.bin")], stdout=subprocess.DEVNULL

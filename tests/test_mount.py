@@ -19,8 +19,9 @@ from blfs import mountinfo
 DOWNLOAD = "/api/warehouse/dataset/download/"
 
 
-def run(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+def run(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("text", True)
+    return subprocess.run(args, capture_output=True, timeout=timeout, **kwargs)
 
 
 def project(emulator, name: str) -> dict:
@@ -78,8 +79,11 @@ def test_projects_listed_as_readable(mount, emulator):
 
 def test_every_shown_object_appears_once_under_its_project(mount, emulator):
     root = mount.path / "projects" / "Lab Private"
-    found = run("find", str(root), "-mindepth", "4", "-maxdepth", "6", "-type", "d").stdout
-    ids = [Path(line).name for line in found.splitlines() if len(Path(line).name) == 24]
+    # -prune: find must not descend into (and so fetch) the object directories it finds.
+    found = run(
+        "find", str(root), "-regextype", "posix-extended", "-regex", ".*/[0-9a-f]{24}", "-prune"
+    ).stdout
+    ids = [Path(line).name for line in found.splitlines()]
     expected = sorted(d["_id"] for d in shown_objects(emulator, "Lab Private"))
     assert sorted(ids) == expected
     assert not any(r["path"].startswith(DOWNLOAD) for r in emulator.requests())
@@ -144,10 +148,10 @@ def test_two_processes_reading_one_object_cause_one_download(mount, emulator):
     assert downloads(emulator, obj["_id"]) == 1
 
 
-def test_first_member_readable_long_before_the_download_ends(mount, emulator):
+def test_first_member_readable_long_before_the_download_ends(replace_archive, mount, emulator):
     obj = an_object(emulator, "neuro/anat/t1w", "Open Diffusion")
     first, second = os.urandom(256 * 1024), os.urandom(8 * 2**20)
-    emulator.put_archive(
+    replace_archive(
         obj["_id"],
         tar_bytes([(tarfile.TarInfo("t1.nii.gz"), first), (tarfile.TarInfo("rest.bin"), second)]),
     )
@@ -165,24 +169,25 @@ def test_first_member_readable_long_before_the_download_ends(mount, emulator):
 def test_truncated_download_gives_eio_then_succeeds(mount, emulator):
     obj = an_object(emulator, "neuro/anat/t1w", "Guest Study")
     expected = archive_members(emulator, obj["_id"])["t1.nii.gz"]
-    emulator.set(truncate=[{"path": obj["_id"], "at": 3000, "times": 1}])
-    path = mount.path / "objects" / obj["_id"] / "t1.nii.gz"
+    emulator.set(truncate=[{"path": obj["_id"], "at": obj["size"] // 2, "times": 1}])
+    directory = mount.path / "objects" / obj["_id"]
     with pytest.raises(OSError) as caught:
-        path.read_bytes()
+        os.listdir(directory)  # waits for the end of the archive, which never comes
     assert caught.value.errno == errno.EIO
     assert not (mount.cache_dir / "objects" / obj["_id"]).exists()
-    assert path.read_bytes() == expected
+    assert "t1.nii.gz" in os.listdir(directory)
+    assert (directory / "t1.nii.gz").read_bytes() == expected
     assert downloads(emulator, obj["_id"]) == 2
 
 
-def test_hostile_archive_writes_nothing_outside(mount, emulator, tmp_path):
+def test_hostile_archive_writes_nothing_outside(replace_archive, mount, emulator, tmp_path):
     obj = an_object(emulator, "neuro/anat/t1w", "Guest Study")
     outside = tmp_path / "evil-target"
     link = tarfile.TarInfo("link")
     link.type, link.linkname = tarfile.SYMTYPE, str(outside)
     device = tarfile.TarInfo("device")
     device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 1, 3
-    emulator.put_archive(
+    replace_archive(
         obj["_id"],
         tar_bytes(
             [
@@ -198,7 +203,8 @@ def test_hostile_archive_writes_nothing_outside(mount, emulator, tmp_path):
         os.listdir(mount.path / "objects" / obj["_id"])
     assert caught.value.errno == errno.EIO
     assert not outside.exists()
-    assert not list(mount.cache_dir.parent.rglob("escape.txt"))
+    assert not list(mount.cache_dir.rglob("escape.txt"))
+    assert not (mount.home / "escape.txt").exists()
     assert not (mount.cache_dir / "objects" / obj["_id"]).exists()
     assert "refus" in mount.log().lower() or "hostile" in mount.log().lower()
 
@@ -256,7 +262,9 @@ def test_concurrent_lookups_are_not_blocked_by_a_slow_download(mount, emulator):
     slow = an_object(emulator, "neuro/anat/t1w", "Open Diffusion")
     emulator.set(stall=[{"path": slow["_id"], "after": 0, "seconds": 8}])
     reader = threading.Thread(
-        target=lambda: run("cat", str(mount.path / "objects" / slow["_id"] / "t1.nii.gz"))
+        target=lambda: run(
+            "cat", str(mount.path / "objects" / slow["_id"] / "t1.nii.gz"), text=False
+        )
     )
     reader.start()
     time.sleep(0.3)
