@@ -142,9 +142,15 @@ def test_removed_tasks_are_not_shown(mount, emulator):
 
 def _products_once(mount, emulator, root: Path, objects: list[dict]) -> None:
     emulator.clear_requests()
-    pattern = f"{glob.escape(str(root))}/sub-*/neuro-tractprofile/*/*/_product.json"
-    first = sorted(glob.glob(pattern))
-    again = sorted(glob.glob(pattern))
+
+    def products() -> list[str]:
+        base = glob.escape(str(root))
+        return sorted(
+            glob.glob(f"{base}/sub-*/neuro-tractprofile/*/*/_product.json")
+            + glob.glob(f"{base}/sub-*/ses-*/neuro-tractprofile/*/*/_product.json")
+        )
+
+    first, again = products(), products()
     assert len(first) == len(objects) > 0
     for path in first + again:
         assert Path(path).read_bytes().startswith(b"{")
