@@ -130,15 +130,15 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/_admin/"):
             self.send(request, self.admin(request), admin=True)
             return
-        app = self.server.app
+        knobs = self.server.app.knobs
         api = path.startswith("/api/")
-        failure = app.knobs.failure(path, api)
+        if api and knobs["latency"]:
+            time.sleep(knobs["latency"])
+        failure = knobs.failure(path, api)
         if failure:
             response = json_response({"message": failure[1]}, failure[0])
         else:
             response = self.route(request)
-        if api and app.knobs["latency"]:
-            time.sleep(app.knobs["latency"])
         status, sent = (None, 0) if response is None else self.send(request, response)
         self.server.log.add(
             {

@@ -11,7 +11,9 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import mongomock
 
@@ -19,6 +21,7 @@ from .generate import COLLECTIONS
 
 GZIP_MAGIC = b"\x1f\x8b"
 CACHE_ENTRIES = 64
+T = TypeVar("T")
 
 
 class Store:
@@ -29,7 +32,7 @@ class Store:
         self._lock = threading.RLock()
         self._db = mongomock.MongoClient().blfs
         self._versions: dict[str, int] = dict.fromkeys(COLLECTIONS, 0)
-        self._cache: OrderedDict[str, tuple[int, list[dict]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[str, int, object]] = OrderedDict()
         for name in COLLECTIONS:
             path = root / "db" / f"{name}.json"
             records = json.loads(path.read_text()) if path.exists() else []
@@ -59,18 +62,19 @@ class Store:
 
         return self._memo(collection, ["find", query, projection, sort], run)
 
-    def _memo(self, collection: str, key: list, compute):
+    def _memo(self, collection: str, key: list, compute: Callable[[], T]) -> T:
         """Query results memoized until the collection changes: clients page through the same
         query (skip += limit) and list the same folders again, and mongomock scans every time."""
+        kind = f"{key[0]}:{collection}"
         text = json.dumps([collection, *key], sort_keys=True, default=str)
         with self._lock:
             version = self._versions[collection]
             cached = self._cache.get(text)
-            if cached and cached[0] == version:
+            if cached and cached[1] == version:
                 self._cache.move_to_end(text)
-                return cached[1]
+                return cached[2]
             result = compute()
-            self._cache[text] = (version, result)
+            self._cache[text] = (kind, version, result)
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
             return result
@@ -97,9 +101,15 @@ class Store:
         return copy.deepcopy(rows)
 
     def increment(self, collection: str, record_id: str, key: str) -> None:
+        """A counter (download_count) bumped by every download: memoized rows are patched in
+        place rather than every memoized query of the collection being dropped."""
         with self._lock:
             self._db[collection].update_one({"_id": record_id}, {"$inc": {key: 1}})
-            self._versions[collection] += 1
+            for kind, _, rows in self._cache.values():
+                if kind == f"find:{collection}":
+                    for row in rows:
+                        if row.get("_id") == record_id and key in row:
+                            row[key] += 1
 
     def upsert(self, collection: str, records: list[dict]) -> None:
         """Inserts or replaces records by `_id`, then rewrites DIR/db/<collection>.json."""
