@@ -160,7 +160,8 @@ class Client:
         self._warehouse = f"{api}/warehouse"
         self._amaretti = f"{api}/amaretti"
         self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+        # Up to 64 FUSE threads plus the downloads in flight, each holding a connection.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=128)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._refresh_lock = threading.Lock()
@@ -392,8 +393,13 @@ class Client:
                 self._refresh_failed_at = time.monotonic()
                 log.warning("could not refresh the brainlife token, still using it: %s", exc)
                 return token
-            self.tokens.save(fresh)
-            log.info("refreshed the brainlife token in %s", self.tokens.path)
+            try:
+                self.tokens.save(fresh)
+            except OSError as exc:
+                self._refresh_failed_at = time.monotonic()
+                log.warning("could not save the refreshed brainlife token: %s", exc)
+            else:
+                log.info("refreshed the brainlife token in %s", self.tokens.path)
             return fresh
 
     def close(self) -> None:

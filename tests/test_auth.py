@@ -1,4 +1,4 @@
-"""The token file (shared with `bl`), login and token refresh (DESIGN §5, API §1), over real HTTP."""
+"""The token file (shared with `bl`), login and token refresh (DESIGN §5, API §1), real HTTP."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_api import requests_to
 
 from blfs.api import Client
 from blfs.auth import TokenStore, claims, token_host
 from blfs.errors import AccessDenied
-
-
-def refreshes(emulator) -> list[dict]:
-    return [r for r in emulator.requests() if r["path"].endswith("/auth/refresh")]
 
 
 @pytest.mark.parametrize(
@@ -84,12 +81,11 @@ def test_login_failure_says_why_and_never_echoes_the_password(emulator) -> None:
 
 def test_no_token_fails_locally_with_the_login_hint(emulator, tmp_path: Path) -> None:
     client = Client(emulator.url, TokenStore(emulator.url, home=tmp_path))
-    emulator.clear_requests()
     with pytest.raises(AccessDenied, match="blfs login"):
         list(client.datasets({"removed": False}))
     with pytest.raises(AccessDenied, match="blfs login"):
         client.download_dataset("0" * 24)
-    assert emulator.requests() == []
+    assert requests_to(emulator, "/dataset") == []
 
 
 def test_an_expired_token_fails_locally_with_the_login_hint(emulator, tmp_path: Path) -> None:
@@ -97,10 +93,9 @@ def test_an_expired_token_fails_locally_with_the_login_hint(emulator, tmp_path: 
     tokens.save(Client(emulator.url).login("demo", "demo", ttl_days=1 / 86400))
     time.sleep(1.2)
     client = Client(emulator.url, tokens)
-    emulator.clear_requests()
     with pytest.raises(AccessDenied, match="expired.*blfs login"):
         client.projects()
-    assert emulator.requests() == []
+    assert requests_to(emulator, "/project") == []
 
 
 def test_a_token_the_server_rejects_asks_for_login(emulator, tmp_path: Path) -> None:
@@ -117,7 +112,6 @@ def test_a_token_near_expiry_is_refreshed_once_and_saved(emulator, tmp_path: Pat
     tokens.save(old)
     time.sleep(2.2)  # less than half of its 4 s left
     client = Client(emulator.url, tokens)
-    emulator.clear_requests()
     results: list[int] = []
 
     def list_projects() -> None:
@@ -129,7 +123,7 @@ def test_a_token_near_expiry_is_refreshed_once_and_saved(emulator, tmp_path: Pat
     for thread in threads:
         thread.join(30)
     assert len(results) == 16 and len(set(results)) == 1
-    assert len(refreshes(emulator)) == 1
+    assert len(requests_to(emulator, "/auth/refresh", 1)) == 1
     fresh = tokens.get()
     assert fresh != old
     assert claims(fresh)["exp"] > claims(old)["exp"]
@@ -138,9 +132,8 @@ def test_a_token_near_expiry_is_refreshed_once_and_saved(emulator, tmp_path: Pat
 def test_a_young_token_is_not_refreshed(emulator, tmp_path: Path) -> None:
     tokens = TokenStore(emulator.url, home=tmp_path)
     tokens.save(emulator.token())
-    emulator.clear_requests()
     Client(emulator.url, tokens).projects()
-    assert refreshes(emulator) == []
+    assert requests_to(emulator, "/auth/refresh") == []
 
 
 def test_a_failed_refresh_keeps_the_old_token_working(emulator, tmp_path: Path) -> None:
@@ -153,4 +146,4 @@ def test_a_failed_refresh_keeps_the_old_token_working(emulator, tmp_path: Path) 
     assert client.projects()
     assert client.projects()
     assert tokens.get() == old
-    assert len(refreshes(emulator)) == 1  # not retried on every call
+    assert len(requests_to(emulator, "/auth/refresh", 1)) == 1  # not tried on every call
