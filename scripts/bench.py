@@ -1,0 +1,178 @@
+"""blfs against its baselines, measured in one run against the bundled emulator.
+
+    python scripts/bench.py [--size BYTES] [--objects N] [--bandwidth BYTES_PER_S] [--dir DIR]
+
+Prints one table row per measurement, each a ratio to a baseline measured in the same run:
+  1. cold `cp -r` of an object through the mount   vs  `curl URL | tar -x`
+  2. warm sequential read through a new mount      vs  the same bytes read from local disk
+  3. first byte of the first member (throttled)    vs  the whole download
+  4. `ls -lR` of an N-object project: requests and seconds, cold and again within the TTL
+Generated data is kept in --dir and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from blfs import mountinfo
+from blfs.auth import TokenStore
+from blfs.emulator.control import Emulator, generate_data, start_emulator
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def shell(command: str) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, timeout=3600)
+
+
+def row(what: str, blfs_value: float, baseline: float, unit: str = "s") -> None:
+    ROWS.append(
+        (what, f"{blfs_value:.3f} {unit}", f"{baseline:.3f} {unit}", f"{blfs_value / baseline:.2f}")
+    )
+
+
+def data_dir(root: Path, name: str, **options: int) -> Path:
+    target = root / name
+    if not (target / "db" / "datasets.json").exists():
+        print(f"generating {name} …", file=sys.stderr)
+        generate_data(target, timeout=3600, **options)
+    return target
+
+
+@contextlib.contextmanager
+def mounted(server: Emulator, home: Path, cache: Path, ttl: float = 300) -> Iterator[Path]:
+    point = Path(tempfile.mkdtemp(prefix="mnt", dir=home))
+    TokenStore(server.url, home=home).save(server.token("demo"))
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", server.url]
+    command += ["--cache-dir", str(cache), "--ttl", str(ttl)]
+    subprocess.run(command, check=True, env=env, timeout=60)
+    try:
+        yield point
+    finally:
+        mountinfo.unmount(point)
+        time.sleep(0.2)
+
+
+def one_object(server: Emulator) -> dict:
+    """The generated big object: the largest t1w of Lab Private."""
+    lab = next(p["_id"] for p in server.db("projects") if p["name"] == "Lab Private")
+    t1w = next(d["_id"] for d in server.db("datatypes") if d["name"] == "neuro/anat/t1w")
+    candidates = [
+        d for d in server.db("datasets")
+        if d["project"] == lab and d["datatype"] == t1w and d["status"] == "stored"
+        and not d.get("removed")
+    ]  # fmt: skip
+    return max(candidates, key=lambda d: d["size"])
+
+
+def downloads(server: Emulator) -> int:
+    return sum("/dataset/download/" in r["path"] for r in server.requests())
+
+
+def bench_object(work: Path, size: int, bandwidth: int) -> None:
+    with start_emulator(data_dir(work, f"big-{size}", subjects=1, objects_per_subject=1,
+                                  object_size=size)) as server:  # fmt: skip
+        obj = one_object(server)
+        token = server.token("demo")
+        url = f"{server.url}/warehouse/dataset/download/{obj['_id']}"
+        home = Path(tempfile.mkdtemp(prefix="bench", dir=work))
+        curl_dir, copy = home / "curl", home / "copy"
+        curl_dir.mkdir()
+        curl = timed(
+            lambda: shell(
+                f"curl -sf -H 'Authorization: Bearer {token}' {url} | tar -x -C {curl_dir}"
+            )
+        )
+        with mounted(server, home, home / "cache") as point:
+            source = point / "objects" / obj["_id"]
+            cold = timed(lambda: shell(f"cp -r {source} {copy}"))
+        row(f"cold cp -r of a {obj['size'] / 1e6:.0f} MB object vs curl | tar -x", cold, curl)
+        member = next(p for p in copy.rglob("*.nii.gz"))
+        relative = member.relative_to(copy)
+        local = timed(lambda: shell(f"cat {member} > /dev/null"))
+        with mounted(server, home, home / "cache") as point:
+            server.clear_requests()
+            warm = timed(
+                lambda: shell(f"cat {point / 'objects' / obj['_id'] / relative} >/dev/null")
+            )
+            again = timed(
+                lambda: shell(f"cat {point / 'objects' / obj['_id'] / relative} >/dev/null")
+            )
+            assert downloads(server) == 0
+        row("warm read through a new mount vs local disk", warm, local)
+        row("same file read again (kernel page cache) vs local disk", again, local)
+
+        server.set(bandwidth=bandwidth)
+        with mounted(server, home, home / "cache-throttled") as point:
+            directory = point / "objects" / obj["_id"]
+            start = time.perf_counter()
+            shell(f"head -c 1 {directory / relative} > /dev/null")
+            first = time.perf_counter() - start
+            shell(f"ls {directory} > /dev/null")
+            whole = time.perf_counter() - start
+        server.reset()
+        row(f"first byte vs whole download at {bandwidth / 1e6:.0f} MB/s", first, whole)
+
+
+def bench_listing(work: Path, objects: int) -> None:
+    subjects = max(1, objects // 10)
+    data = data_dir(work, f"many-{objects}", subjects=subjects, objects_per_subject=10,
+                    object_size=1024)  # fmt: skip
+    with start_emulator(data) as server:
+        home = Path(tempfile.mkdtemp(prefix="bench", dir=work))
+        with mounted(server, home, home / "cache") as point:
+            project = point / "projects" / "Lab Private"
+            server.clear_requests()
+            metadata = timed(lambda: shell(
+                f"find '{project}' -regextype posix-extended -regex '.*/[0-9a-f]{{24}}' -prune"
+                " -ls > /dev/null"
+            ))  # fmt: skip
+            metadata_requests = len(server.requests())
+            server.clear_requests()
+            cold = timed(lambda: shell(f"ls -lR '{project}' > /dev/null"))
+            cold_requests, cold_downloads = len(server.requests()), downloads(server)
+            server.clear_requests()
+            warm = timed(lambda: shell(f"ls -lR '{project}' > /dev/null"))
+            warm_requests = len(server.requests())
+        print(
+            f"\n{objects}-object project:\n"
+            f"  every directory down to the objects (find -ls): {metadata:.2f} s, "
+            f"{metadata_requests} requests\n"
+            f"  ls -lR, cold (fetches every archive): {cold:.2f} s, {cold_requests} requests "
+            f"({cold_downloads} archive downloads)\n"
+            f"  ls -lR again within the TTL: {warm:.2f} s, {warm_requests} requests"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=300_000_000, help="big object bytes")
+    parser.add_argument("--objects", type=int, default=10_000, help="objects for ls -lR")
+    parser.add_argument("--bandwidth", type=int, default=50_000_000, help="throttle, bytes/s")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "blfs-bench")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    bench_object(args.dir, args.size, args.bandwidth)
+    print(f"{'measurement':<58} {'blfs':>10} {'baseline':>10} {'ratio':>6}")
+    for what, value, baseline, ratio in ROWS:
+        print(f"{what:<58} {value:>10} {baseline:>10} {ratio:>6}")
+    bench_listing(args.dir, args.objects)
+
+
+if __name__ == "__main__":
+    main()
