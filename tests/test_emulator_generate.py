@@ -27,15 +27,17 @@ def db(root: Path, name: str) -> list[dict]:
     return json.loads((root / "db" / f"{name}.json").read_text())
 
 
-def test_same_seed_same_db_other_seed_other_ids(emulator_data, tmp_path):
+def test_same_seed_same_db_other_seed_other_ids(tmp_path):
+    # Fresh dirs: the session's emulator_data is changed by tests that replace archives.
+    first = generate_data(tmp_path / "first", seed=1)
     again = generate_data(tmp_path / "again", seed=1)
     other = generate_data(tmp_path / "other", seed=2)
-    for path in sorted((emulator_data / "db").glob("*.json")):
+    for path in sorted((first / "db").glob("*.json")):
         assert path.read_bytes() == (again / "db" / path.name).read_bytes(), path.name
-    for path in sorted((emulator_data / "archives").iterdir()):
+    for path in sorted((first / "archives").iterdir()):
         assert path.read_bytes() == (again / "archives" / path.name).read_bytes()
     assert {p["_id"] for p in db(other, "projects")}.isdisjoint(
-        p["_id"] for p in db(emulator_data, "projects")
+        p["_id"] for p in db(first, "projects")
     )
 
 
