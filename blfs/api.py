@@ -35,6 +35,8 @@ REFRESH_FRACTION = 0.5
 DEFAULT_TTL = 7 * 86400.0
 # After a failed refresh, carry on with the old token for this long before trying again.
 REFRESH_RETRY_AFTER = 60.0
+# After a request failed all its retries, later requests get a single attempt for this long.
+DOWN_WINDOW = 30.0
 # Server messages (HTTP 500 bodies) meaning "no access" and "no such thing" (API §2, §4, §5).
 _NO_ACCESS = re.compile(r"no read access|can't access|don't have access", re.IGNORECASE)
 _NOT_FOUND = re.compile(r"no such task id|CastError", re.IGNORECASE)
@@ -166,6 +168,7 @@ class Client:
         self._session.mount("https://", adapter)
         self._refresh_lock = threading.Lock()
         self._refresh_failed_at = float("-inf")
+        self._down_until = 0.0
 
     # --- warehouse ------------------------------------------------------------------------------
 
@@ -315,21 +318,31 @@ class Client:
     def _with_retries(
         self, url: str, params: dict[str, Any], headers: dict[str, str], *, stream: bool
     ) -> requests.Response:
-        """GETs with bounded retries and exponential backoff for failures that may pass."""
+        """GETs with bounded retries and exponential backoff for failures that may pass.
+
+        Once a request has failed all its retries the server counts as down for `DOWN_WINDOW`:
+        requests then get one attempt each, so an offline mount answers from its cache at once
+        instead of every lookup sitting through the whole backoff ladder.
+        """
         query = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()}
-        for attempt in range(self.retries + 1):
+        retries = 0 if time.monotonic() < self._down_until else self.retries
+        for attempt in range(retries + 1):
             try:
                 response = self._attempt("GET", url, params=query, headers=headers, stream=stream)
                 if response.ok:
+                    self._down_until = 0.0
                     return response
                 failure = _classify(response)
                 response.close()
             except _Failure as exc:
                 failure = exc
-            if not failure.retryable or attempt == self.retries:
+            if not failure.retryable:
+                raise failure.error
+            if attempt == retries:
+                self._down_until = time.monotonic() + DOWN_WINDOW
                 raise failure.error
             delay = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
-            log.warning("%s (retry %d of %d in %.1f s)", failure, attempt + 1, self.retries, delay)
+            log.info("%s (retry %d of %d in %.1f s)", failure, attempt + 1, retries, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 

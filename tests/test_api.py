@@ -306,6 +306,19 @@ def test_lasting_failure_is_a_remote_error_naming_url_and_message(emulator, toke
     assert len(requests_to(emulator, "/datatype", 3)) == 3
 
 
+def test_a_server_found_down_gets_one_attempt_per_call_until_it_answers(emulator, token, tmp_path):
+    client = make_client(emulator, token, tmp_path, retries=2)
+    emulator.set(fail=[{"path": "/pub$", "status": 502}])
+    for _ in range(3):
+        with pytest.raises(RemoteError):
+            client.pubs()
+    assert len(requests_to(emulator, "/pub", 5)) == 3 + 1 + 1
+    emulator.reset()
+    assert client.pubs()
+    emulator.set(fail=[{"path": "/pub$", "status": 502, "times": 2}])
+    assert client.pubs()  # up again: retries are back
+
+
 @pytest.mark.parametrize(
     ("status", "message", "error"),
     [
