@@ -61,8 +61,9 @@ def cmd_umount(args: argparse.Namespace) -> None:
     record = status.mount_record(str(mountpoint))
     mountinfo.unmount(mountpoint, lazy=args.lazy)
     if record:
+        # The mount process (and a demo's server) ends after the kernel lets go: wait for it.
         deadline = time.monotonic() + 15
-        while status.mount_record(str(mountpoint)) and time.monotonic() < deadline:
+        while status.alive(record["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)
     print(f"unmounted {mountpoint}")
 

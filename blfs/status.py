@@ -18,7 +18,7 @@ def registry_dir() -> Path:
     return root / "blfs" / "mounts"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +69,7 @@ def running_mounts() -> list[dict[str, Any]]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(record.get("pid", 0))):
+        if alive(int(record.get("pid", 0))):
             records.append(record)
         else:
             path.unlink(missing_ok=True)
