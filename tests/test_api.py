@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from blfs.api import Client
+from blfs.api import Client, printable
 from blfs.auth import TokenStore
 from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError, RemoteTimeout
 
@@ -364,6 +364,11 @@ def test_a_request_the_server_never_answers_times_out(emulator, token, tmp_path)
     with pytest.raises(RemoteTimeout):
         client.product(UNKNOWN_ID)
     assert time.monotonic() - started < 2
+
+
+def test_printable_urls_drop_the_token_parameter():
+    assert printable("http://h/api/x?at=a.b.c&p=1") == "http://h/api/x?p=1"
+    assert printable("http://h/api/x") == "http://h/api/x"
 
 
 def test_an_unreachable_server_is_a_remote_error(tmp_path):
