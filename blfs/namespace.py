@@ -8,8 +8,7 @@ object fetcher, and task files to the task-file store. Knows nothing of FUSE.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import contextlib
 import errno
 import json
 import re
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from blfs.auth import claims
 from blfs.errors import BlfsError, NotFound
 from blfs.metacache import MetaCache
 from blfs.names import Named, unique_names
@@ -67,15 +67,13 @@ def json_bytes(value: Any) -> bytes:
 
 
 def token_subject(token: str | None) -> str | None:
-    """The `sub` claim of a JWT (unverified: only used to hide what the server would refuse)."""
+    """The user id (`sub`) of a token, or None for a guest or an unreadable token."""
     if not token:
         return None
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error):
+        sub = claims(token).get("sub")
+    except ValueError:
         return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
     return None if sub is None else str(sub)
 
 
@@ -317,11 +315,26 @@ class Namespace:
 
     def _task_listing(self, task: dict[str, Any], relpath: str) -> dict[str, Attr]:
         def fetch() -> dict[str, Attr]:
-            return _listing(self._client.task_ls(task["_id"], relpath))
+            listing, file_links = _listing(self._client.task_ls(task["_id"], relpath))
+            for name in file_links:
+                path = f"{relpath}/{name}" if relpath else name
+                size = self._linked_size(task["_id"], path)
+                listing[name] = Attr(False, size, listing[name].mtime)
+            return listing
 
         finished = task.get("status") == "finished"
         ttl = max(FINISHED_TASK_TTL, self._cache.ttl) if finished else None
         return self._cache.get(("task_ls", task["_id"], relpath), fetch, ttl=ttl)
+
+    def _linked_size(self, task_id: str, path: str) -> int:
+        """The size of the file a task symlink points to. `/task/ls` gives the link's own size
+        and a download follows the link, so the size served is asked of the download itself."""
+        with contextlib.closing(self._client.download_task_file(task_id, path)) as download:
+            if download.length is not None:
+                return download.length
+            while download.read(1 << 20):
+                pass
+            return download.bytes_read
 
     def _object_record(self, object_id: str) -> dict[str, Any]:
         def fetch() -> dict[str, Any]:
@@ -404,19 +417,22 @@ def _label(record: dict[str, Any]) -> str:
     return record.get("name") or record.get("desc") or record["_id"]
 
 
-def _listing(entries: Iterable[dict[str, Any]]) -> dict[str, Attr]:
-    """A task directory from `/task/ls`: broken symlinks (no `directory` flag) are hidden."""
+def _listing(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, Attr], list[str]]:
+    """A task directory from `/task/ls`, and its symlinks to files (whose listed size is the
+    link's own). Symlinks count as what they point to; broken ones (no `directory`) are hidden."""
     shown: dict[str, Attr] = {}
+    file_links = []
     for entry in entries:
         name = entry.get("filename") or ""
         if name in ("", ".", "..") or "/" in name or "directory" not in entry:
             continue
         attrs = entry.get("attrs") or {}
         is_dir = bool(entry["directory"])
-        shown[name] = Attr(
-            is_dir, 0 if is_dir else int(attrs.get("size") or 0), timestamp(attrs.get("mtime"))
-        )
-    return dict(sorted(shown.items()))
+        size = 0 if is_dir else int(attrs.get("size") or 0)
+        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")))
+        if entry.get("link") and not is_dir:
+            file_links.append(name)
+    return dict(sorted(shown.items())), file_links
 
 
 class BranchNode(Node):
