@@ -313,28 +313,30 @@ class Namespace:
 
         return self._cache.get(("tasks", instance_id), fetch)
 
-    def _task_listing(self, task: dict[str, Any], relpath: str) -> dict[str, Attr]:
-        def fetch() -> dict[str, Attr]:
-            listing, file_links = _listing(self._client.task_ls(task["_id"], relpath))
-            for name in file_links:
-                path = f"{relpath}/{name}" if relpath else name
-                size = self._linked_size(task["_id"], path)
-                listing[name] = Attr(False, size, listing[name].mtime)
-            return listing
+    def _task_ttl(self, task: dict[str, Any]) -> float | None:
+        """A finished task's outputs never change: keep what was learnt of them long."""
+        return max(FINISHED_TASK_TTL, self._cache.ttl) if task.get("status") == "finished" else None
 
-        finished = task.get("status") == "finished"
-        ttl = max(FINISHED_TASK_TTL, self._cache.ttl) if finished else None
-        return self._cache.get(("task_ls", task["_id"], relpath), fetch, ttl=ttl)
+    def _task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
+        return self._cache.get(
+            ("task_ls", task["_id"], relpath),
+            lambda: task_listing(self._client.task_ls(task["_id"], relpath)),
+            ttl=self._task_ttl(task),
+        )
 
-    def _linked_size(self, task_id: str, path: str) -> int:
+    def _linked_size(self, task: dict[str, Any], path: str) -> int:
         """The size of the file a task symlink points to. `/task/ls` gives the link's own size
-        and a download follows the link, so the size served is asked of the download itself."""
-        with contextlib.closing(self._client.download_task_file(task_id, path)) as download:
-            if download.length is not None:
-                return download.length
-            while download.read(1 << 20):
-                pass
-            return download.bytes_read
+        and a download follows the link, so the size is asked of a download (then closed)."""
+
+        def fetch() -> int:
+            with contextlib.closing(self._client.download_task_file(task["_id"], path)) as body:
+                if body.length is not None:
+                    return body.length
+                while body.read(1 << 20):
+                    pass
+                return body.bytes_read
+
+        return self._cache.get(("task_link", task["_id"], path), fetch, ttl=self._task_ttl(task))
 
     def _object_record(self, object_id: str) -> dict[str, Any]:
         def fetch() -> dict[str, Any]:
@@ -417,11 +419,19 @@ def _label(record: dict[str, Any]) -> str:
     return record.get("name") or record.get("desc") or record["_id"]
 
 
-def _listing(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, Attr], list[str]]:
-    """A task directory from `/task/ls`, and its symlinks to files (whose listed size is the
-    link's own). Symlinks count as what they point to; broken ones (no `directory`) are hidden."""
+@dataclass(frozen=True)
+class TaskListing:
+    """A task directory from `/task/ls`, and which of its files are symlinks (whose listed size
+    is the link's own, not that of the file a download serves)."""
+
+    attrs: dict[str, Attr]
+    file_links: frozenset[str]
+
+
+def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
+    """Symlinks count as what they point to; broken ones (no `directory` flag) are hidden."""
     shown: dict[str, Attr] = {}
-    file_links = []
+    file_links = set()
     for entry in entries:
         name = entry.get("filename") or ""
         if name in ("", ".", "..") or "/" in name or "directory" not in entry:
@@ -431,8 +441,8 @@ def _listing(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, Attr], list[s
         size = 0 if is_dir else int(attrs.get("size") or 0)
         shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")))
         if entry.get("link") and not is_dir:
-            file_links.append(name)
-    return dict(sorted(shown.items())), file_links
+            file_links.add(name)
+    return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
 
 
 class BranchNode(Node):
@@ -545,16 +555,19 @@ class TaskDir(Node):
         return self._attr
 
     def lookup(self, name: str) -> Node:
-        attr = self._ns._task_listing(self._task, self._relpath).get(name)
+        listing = self._ns._task_listing(self._task, self._relpath)
+        attr = listing.attrs.get(name)
         if attr is None:
             raise NotFound(f"no such file: {name}")
         path = f"{self._relpath}/{name}" if self._relpath else name
         if attr.is_dir:
             return TaskDir(self._ns, self._task, path, attr)
-        final = self._task.get("status") == "finished"
-        return FileNode(
-            attr, lambda: self._ns._task_files.open(self._task["_id"], path, attr.size, final=final)
-        )
+        if name in listing.file_links:
+            attr = Attr(False, self._ns._linked_size(self._task, path), attr.mtime)
+        task_id, size, final = self._task["_id"], attr.size, self._task.get("status") == "finished"
+        return FileNode(attr, lambda: self._ns._task_files.open(task_id, path, size, final=final))
 
     def entries(self) -> list[tuple[str, Attr]]:
-        return list(self._ns._task_listing(self._task, self._relpath).items())
+        # A symlinked file is listed with the link's own size: its real size costs a request,
+        # made only when it is looked up (the adapter takes only the type from a listing).
+        return list(self._ns._task_listing(self._task, self._relpath).attrs.items())
