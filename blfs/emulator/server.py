@@ -106,6 +106,9 @@ class EmulatorServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes; with Nagle on, a keep-alive client's delayed
+    # ACK holds the second one back (tens of milliseconds per small response).
+    disable_nagle_algorithm = True
     server: EmulatorServer
 
     def version_string(self) -> str:
