@@ -92,8 +92,11 @@ def _dir(mtime: Any = None) -> Attr:
 class Node:
     """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call."""
 
+    def __init__(self, attr: Attr) -> None:
+        self._attr = attr
+
     def attr(self) -> Attr:
-        raise NotImplementedError
+        return self._attr
 
     def lookup(self, name: str) -> Node:
         raise NotFound(f"no such file: {name}")
@@ -109,11 +112,8 @@ class FileNode(Node):
     """A file whose attributes are known; `opener` makes its handle."""
 
     def __init__(self, attr: Attr, opener: Callable[[], Handle]) -> None:
-        self._attr = attr
+        super().__init__(attr)
         self._opener = opener
-
-    def attr(self) -> Attr:
-        return self._attr
 
     def open(self) -> Handle:
         return self._opener()
@@ -123,46 +123,47 @@ class JsonFile(Node):
     """A record shown as a JSON file; serialized only when asked about (lookups pass through)."""
 
     def __init__(self, value: Any, mtime: float) -> None:
+        super().__init__(Attr(False, 0, mtime))
         self._value = value
-        self._mtime = mtime
 
     def attr(self) -> Attr:
-        return Attr(False, len(json_bytes(self._value)), self._mtime)
+        return Attr(False, len(json_bytes(self._value)), self._attr.mtime)
 
     def open(self) -> Handle:
         return BytesHandle(json_bytes(self._value))
 
 
 class DirNode(Node):
-    """A directory whose children are known nodes."""
+    """A directory of fixed entries, followed by those of another directory if any."""
 
-    def __init__(self, attr: Attr, children: dict[str, Node]) -> None:
-        self._attr = attr
-        self._children = children
-
-    def attr(self) -> Attr:
-        return self._attr
+    def __init__(
+        self, attr: Attr, fixed: dict[str, Node], rest: Callable[[], Node] | None = None
+    ) -> None:
+        super().__init__(attr)
+        self._fixed = fixed
+        self._rest = rest
 
     def lookup(self, name: str) -> Node:
-        child = self._children.get(name)
-        if child is None:
+        fixed = self._fixed.get(name)
+        if fixed is not None:
+            return fixed
+        if self._rest is None:
             raise NotFound(f"no such file: {name}")
-        return child
+        return self._rest().lookup(name)
 
     def entries(self) -> list[tuple[str, Attr]]:
-        return [(name, child.attr()) for name, child in self._children.items()]
+        own = [(name, node.attr()) for name, node in self._fixed.items()]
+        rest = [] if self._rest is None else self._rest().entries()
+        return own + [(name, attr) for name, attr in rest if name not in self._fixed]
 
 
 class NamedDir(Node):
     """A directory of records shown by name (and reachable by id): projects, releases, tasks…"""
 
     def __init__(self, attr: Attr, named: Callable[[], Named[Any]], child: Callable[[Any], Node]):
-        self._attr = attr
+        super().__init__(attr)
         self._named = named
         self._child = child
-
-    def attr(self) -> Attr:
-        return self._attr
 
     def lookup(self, name: str) -> Node:
         record = self._named().get(name)
@@ -178,10 +179,8 @@ class ByIdDir(Node):
     """`/objects` and `/tasks`: lookup by a 24-hex id only, nothing listed."""
 
     def __init__(self, child: Callable[[str], Node]) -> None:
+        super().__init__(_dir())
         self._child = child
-
-    def attr(self) -> Attr:
-        return _dir()
 
     def lookup(self, name: str) -> Node:
         if not _ID.fullmatch(name):
@@ -190,26 +189,6 @@ class ByIdDir(Node):
 
     def entries(self) -> list[tuple[str, Attr]]:
         return []
-
-
-class Combined(Node):
-    """A directory made of fixed entries followed by another directory's entries."""
-
-    def __init__(self, attr: Attr, fixed: dict[str, Node], rest: Callable[[], Node]) -> None:
-        self._attr = attr
-        self._fixed = fixed
-        self._rest = rest
-
-    def attr(self) -> Attr:
-        return self._attr
-
-    def lookup(self, name: str) -> Node:
-        fixed = self._fixed.get(name)
-        return fixed if fixed is not None else self._rest().lookup(name)
-
-    def entries(self) -> list[tuple[str, Attr]]:
-        own = [(name, node.attr()) for name, node in self._fixed.items()]
-        return own + [(n, a) for n, a in self._rest().entries() if n not in self._fixed]
 
 
 class Namespace:
@@ -368,7 +347,7 @@ class Namespace:
             lambda: self._instances(group) if group is not None else Named(),
             self._instance_node,
         )
-        return Combined(
+        return DirNode(
             Attr(True, 0, mtime),
             {"project.json": JsonFile(project, mtime), "processes": processes},
             lambda: self._branch_node(self._project_tree(project["_id"])),
@@ -390,7 +369,7 @@ class Namespace:
                 self._release_tree(release["_id"]), timestamp(release.get("create_date"))
             ),
         )
-        return Combined(
+        return DirNode(
             Attr(True, 0, mtime), {"publication.json": JsonFile(pub, mtime)}, lambda: releases
         )
 
@@ -449,12 +428,9 @@ class BranchNode(Node):
     """A directory of a data-object tree (a project or a release, `sub-…` down to tags)."""
 
     def __init__(self, ns: Namespace, branch: Branch, mtime: float) -> None:
+        super().__init__(Attr(True, 0, mtime))
         self._ns = ns
         self._branch = branch
-        self._mtime = mtime
-
-    def attr(self) -> Attr:
-        return Attr(True, 0, self._mtime)
 
     def lookup(self, name: str) -> Node:
         child = self._branch.children.get(name)
@@ -479,19 +455,17 @@ class ObjectDir(Node):
     """`<object-id>/`: two metadata files answered without download, then the archive's members."""
 
     def __init__(self, ns: Namespace, record: dict[str, Any]) -> None:
+        super().__init__(Attr(True, 0, _created(record)))
         self._ns = ns
         self._record = record
 
-    def attr(self) -> Attr:
-        return Attr(True, 0, _created(self._record))
-
     def _info(self) -> JsonFile:
-        return JsonFile(self._record, _created(self._record))
+        return JsonFile(self._record, self._attr.mtime)
 
     def _product(self) -> FileNode:
         object_id = self._record["_id"]
         data = self._ns._product_bytes(object_id)
-        return FileNode(Attr(False, len(data), _created(self._record)), lambda: BytesHandle(data))
+        return FileNode(Attr(False, len(data), self._attr.mtime), lambda: BytesHandle(data))
 
     def lookup(self, name: str) -> Node:
         if name == "_info.json":
@@ -504,7 +478,7 @@ class ObjectDir(Node):
         # `_product.json`'s size is only known after its request, which a listing must not make;
         # the listed size is the cached one if any (the adapter only uses the type from readdir).
         known = self._ns._cache.peek(("product", self._record["_id"]))
-        product = Attr(False, len(known) if known else 0, _created(self._record))
+        product = Attr(False, len(known) if known else 0, self._attr.mtime)
         members = Member(self._ns, self._record, "").entries()
         fixed = [("_info.json", self._info().attr()), ("_product.json", product)]
         return fixed + [(n, a) for n, a in members if n not in ("_info.json", "_product.json")]
@@ -514,6 +488,7 @@ class Member(Node):
     """A path inside an object's archive: every call goes to the object fetcher."""
 
     def __init__(self, ns: Namespace, record: dict[str, Any], relpath: str) -> None:
+        super().__init__(Attr(False))  # unknown until the archive's header is seen: see attr()
         self._ns = ns
         self._record = record
         self._relpath = relpath
@@ -546,13 +521,10 @@ class TaskDir(Node):
     """A directory of a task's output tree, listed by `/task/ls` (sizes and mtimes included)."""
 
     def __init__(self, ns: Namespace, task: dict[str, Any], relpath: str, attr: Attr) -> None:
+        super().__init__(attr)
         self._ns = ns
         self._task = task
         self._relpath = relpath
-        self._attr = attr
-
-    def attr(self) -> Attr:
-        return self._attr
 
     def lookup(self, name: str) -> Node:
         listing = self._ns._task_listing(self._task, self._relpath)

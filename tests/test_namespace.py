@@ -233,13 +233,10 @@ def test_info_json_is_the_record_without_download(ns, emulator):
 
 def test_product_json_is_one_request_per_object_and_no_download(ns, emulator):
     datatypes = datatype_names(emulator)
-    records = [
-        d
-        for d in shown_in_project(emulator, "Lab Private")
-        if datatypes[d["datatype"]] == "neuro/tractprofile"
-    ]
-    assert records
-    products = {p.get("dataset_id", p.get("_id")): p for p in emulator.db("products")}
+    records = shown_in_project(emulator, "Lab Private")
+    products = {p["dataset_id"]: p["product"] for p in emulator.db("products")}
+    assert products.keys() & {r["_id"] for r in records}
+    assert {r["_id"] for r in records} - products.keys()
     ns.readdir("/projects/Lab Private")
     emulator.clear_requests()
     for record in records:
@@ -247,13 +244,10 @@ def test_product_json_is_one_request_per_object_and_no_download(ns, emulator):
         attr = ns.getattr(path)
         data = read_all(ns, path)
         assert attr.size == len(data)
-        assert read_all(ns, path) == data
-        shown = json.loads(data)
-        assert set(shown) == {"product"} and shown["product"] is not None
-        assert record["_id"] in products or shown["product"]
-    assert len(requests(emulator, f"{WAREHOUSE}/dataset/product")) == len(records)
-    assert not requests(emulator, f"{WAREHOUSE}/dataset/download")
-    assert not requests(emulator, f"{WAREHOUSE}/dataset?")
+        assert ns.getattr(path) == attr and read_all(ns, path) == data
+        assert json.loads(data) == {"product": products.get(record["_id"])}
+    paths = [r["path"] for r in emulator.requests()]
+    assert sorted(paths) == sorted(f"{WAREHOUSE}/dataset/product/{r['_id']}" for r in records)
 
 
 def test_listing_an_object_lists_its_archive_members(ns, emulator):
@@ -284,41 +278,35 @@ def test_every_named_dir_is_also_reachable_by_its_id(ns, emulator):
     assert ns.readdir(f"/publications/{pub['_id']}/{release['_id']}") == ns.readdir(
         f"/publications/{pub['_id']}/{release['name']}"
     )
-    instance, _ = next(iter(ns.readdir("/projects/Lab Private/processes")))
-    named = dict(ns.readdir(f"/projects/Lab Private/processes/{instance}"))
-    instance_id = next(
-        i["_id"] for i in emulator.db("instances") if instance.startswith(i.get("name") or "\0")
-    )
-    assert dict(ns.readdir(f"/projects/Lab Private/processes/{instance_id}")) == named
+    _, tasks = lab_tasks(emulator)
+    task = next(t for t in tasks if t["status"] == "finished")
+    by_names = task_path(emulator, task)
+    by_ids = f"/projects/{project['_id']}/processes/{task['instance_id']}/{task['_id']}"
+    assert ns.readdir(by_ids) == ns.readdir(by_names)
+    assert task["_id"] not in {n for n, _ in ns.readdir(by_names.rsplit("/", 1)[0])}
+
+
+def project_names_around_a_copy(emulator, tmp_path: Path, name: str) -> tuple[set, set, dict]:
+    """/projects listed before and after another project named `name` appears (id fedcba98…)."""
+    ns = make_namespace(emulator.url, tmp_path, emulator.token(), ttl=0.2)
+    before = {name for name, _ in ns.readdir("/projects")}
+    original = by_name(emulator, "projects", name)
+    emulator.put_records("projects", [{**original, "_id": "fedcba987654321000000001"}])
+    time.sleep(0.3)
+    after = {name for name, _ in ns.readdir("/projects")}
+    assert ns.getattr(f"/projects/{original['_id']}").is_dir
+    return before, after, original
 
 
 def test_a_later_duplicate_project_does_not_rename_the_others(scratch_emulator, tmp_path):
-    emulator = scratch_emulator
-    ns = make_namespace(emulator.url, tmp_path, emulator.token(), ttl=0.2)
-    before = {name for name, _ in ns.readdir("/projects")}
-    twin = by_name(emulator, "projects", "Twin Study")
-    emulator.put_records(
-        "projects",
-        [{**twin, "_id": "fedcba987654321000000001", "name": "Twin Study"}],
-    )
-    time.sleep(0.3)
-    after = {name for name, _ in ns.readdir("/projects")}
+    before, after, _ = project_names_around_a_copy(scratch_emulator, tmp_path, "Twin Study")
     assert after == before | {"Twin Study [fedcba98]"}
 
 
 def test_a_duplicate_of_a_unique_name_suffixes_only_the_two(scratch_emulator, tmp_path):
-    emulator = scratch_emulator
-    ns = make_namespace(emulator.url, tmp_path, emulator.token(), ttl=0.2)
-    before = {name for name, _ in ns.readdir("/projects")}
-    lab = by_name(emulator, "projects", "Open Diffusion")
-    emulator.put_records(
-        "projects", [{**lab, "_id": "fedcba987654321000000002", "name": "Open Diffusion"}]
-    )
-    time.sleep(0.3)
-    after = {name for name, _ in ns.readdir("/projects")}
+    before, after, lab = project_names_around_a_copy(scratch_emulator, tmp_path, "Open Diffusion")
     assert after - before == {f"Open Diffusion [{lab['_id'][:8]}]", "Open Diffusion [fedcba98]"}
     assert before - after == {"Open Diffusion"}
-    assert ns.getattr(f"/projects/{lab['_id']}").is_dir
 
 
 def test_an_object_keeps_its_path_when_others_are_added(scratch_emulator, tmp_path):
