@@ -111,6 +111,20 @@ def test_the_request_log_records_path_query_status_and_bytes(emulator, token, da
     assert emulator.requests() == []
 
 
+def test_a_request_is_logged_with_its_status_before_its_body_is_sent(emulator, token, dataset):
+    emulator.set(stall=[{"path": "/dataset/download/", "after": 1000, "seconds": 1.0}])
+    emulator.clear_requests()
+    with emulator.get(DOWNLOAD + dataset["_id"], token, stream=True) as reply:
+        assert len(reply.raw.read(1000)) == 1000
+        (entry,) = emulator.requests()
+        assert entry["status"] == 200 and entry["bytes"] < dataset["size"]
+        assert len(reply.raw.read()) == dataset["size"] - 1000
+    deadline = time.monotonic() + 5
+    while emulator.requests()[0]["bytes"] != dataset["size"]:
+        assert time.monotonic() < deadline, "the body's bytes never reached the log"
+        time.sleep(0.05)
+
+
 def test_records_can_be_added_while_running(scratch_emulator):
     lab = next(p for p in scratch_emulator.db("projects") if p["name"] == "Lab Private")
     base = next(d for d in scratch_emulator.db("datasets") if d["project"] == lab["_id"])

@@ -57,7 +57,9 @@ class Emulator:
         return self._admin("DELETE", "knobs").json()
 
     def requests(self) -> list[dict]:
-        """The request log: {t, method, path, query, status, bytes} per non-admin request."""
+        """The request log: {t, method, path, query, status, bytes} per non-admin request, in
+        order of arrival; `status` is None until answered (for ever after a hang) and `bytes`
+        counts the body once it has been sent."""
         return self._admin("GET", "log").json()
 
     def clear_requests(self) -> None:

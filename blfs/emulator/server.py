@@ -56,19 +56,29 @@ class ChunkedWriter:
 
 
 class RequestLog:
-    """What was asked and answered, for tests to assert on (admin requests excluded)."""
+    """What was asked and answered, for tests to assert on (admin requests excluded).
+
+    A request is entered when it arrives, its `status` when the answer is chosen (before any
+    body byte is sent) and its `bytes` when the body is done: a client that has seen an answer
+    finds its request in the log even while the server is still sending the tail of the body.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[dict] = []
 
-    def add(self, entry: dict) -> None:
+    def add(self, entry: dict) -> dict:
         with self._lock:
             self._entries.append(entry)
+        return entry
+
+    def update(self, entry: dict, **values: object) -> None:
+        with self._lock:
+            entry.update(values)
 
     def entries(self) -> list[dict]:
         with self._lock:
-            return list(self._entries)
+            return [dict(entry) for entry in self._entries]
 
     def clear(self) -> None:
         with self._lock:
@@ -133,6 +143,17 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/_admin/"):
             self.send(request, self.admin(request), admin=True)
             return
+        log = self.server.log
+        entry = log.add(
+            {
+                "t": started,
+                "method": self.command,
+                "path": path,
+                "query": {k: v[0] for k, v in query.items()},
+                "status": None,
+                "bytes": 0,
+            }
+        )
         knobs = self.server.app.knobs
         api = path.startswith("/api/")
         if api and knobs["latency"]:
@@ -142,17 +163,10 @@ class Handler(BaseHTTPRequestHandler):
             response = json_response({"message": failure[1]}, failure[0])
         else:
             response = self.route(request)
-        status, sent = (None, 0) if response is None else self.send(request, response)
-        self.server.log.add(
-            {
-                "t": started,
-                "method": self.command,
-                "path": path,
-                "query": {k: v[0] for k, v in query.items()},
-                "status": status,
-                "bytes": sent,
-            }
-        )
+        if response is not None:
+            log.update(entry, status=response.status)
+            _, sent = self.send(request, response)
+            log.update(entry, bytes=sent)
 
     def route(self, request: Request) -> Response | None:
         """The handler's response; None after a reproduced hang (the connection is dropped)."""
