@@ -211,6 +211,27 @@ def test_every_tractprofile_has_a_product(emulator):
     assert objects and all(d["_id"] in products for d in objects)
 
 
+def test_every_live_open_diffusion_release_has_two_readable_tractprofile_products(emulator, token):
+    """demo is no member of Open Diffusion; its products are readable because it is public."""
+    datatypes = emulator.db("datatypes")
+    tractprofile = next(t["_id"] for t in datatypes if t["name"] == "neuro/tractprofile")
+    products = {p["dataset_id"]: p["product"] for p in emulator.db("products")}
+    assert "1" not in project(emulator, "Open Diffusion")["members"]
+    pub = next(
+        p for p in emulator.db("pubs") if p["project"] == project(emulator, "Open Diffusion")["_id"]
+    )
+    for release in (r for r in pub["releases"] if not r["removed"]):
+        published = [
+            d
+            for d in of_project(emulator, "Open Diffusion")
+            if release["_id"] in d["publications"] and d["datatype"] == tractprofile
+        ]
+        assert len(published) >= 2
+        for dataset in published:
+            reply = emulator.get(f"/warehouse/dataset/product/{dataset['_id']}", token)
+            assert reply.json() == {"product": products[dataset["_id"]]}
+
+
 def test_product_of_a_published_dataset_of_an_unreadable_project_is_500(emulator, token):
     published = next(d for d in of_project(emulator, "Hidden Lab") if d["publications"])
     reply = emulator.get(f"/warehouse/dataset/product/{published['_id']}", token)

@@ -76,6 +76,9 @@ SMALL_OBJECTS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
         ("0001", "neuro/tractprofile", ()),
         ("0002", "neuro/anat/t1w", ("open/2",)),
         ("0003", "neuro/dwi", ()),
+        # Group analysis over a release: products readable by anyone (the project is public).
+        ("0002", "neuro/tractprofile", ("open/1", "open/2")),
+        ("0003", "neuro/tractprofile", ("open/1", "open/2")),
     ),
     "guest": (
         ("0001", "neuro/anat/t1w", ()),
