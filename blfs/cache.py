@@ -6,6 +6,7 @@ Layout under the root (all on one filesystem, so a rename is atomic):
     tmp/<uuid>[.lock]                               staging entries; the lock file holds the
                                                     bytes reserved for it, locked by its writer
     locks/<digest>.fetch | .use, locks/cache.lock   per-key and cache-wide lock files
+    ledger                                          the complete entries and their sizes (below)
 
 Something is complete only once it has appeared by one `rename` from `tmp/`; nothing else is ever
 written under `objects/` or `tasks/`. Eviction renames an entry back into `tmp/` before deleting it.
@@ -16,6 +17,17 @@ skips entries it cannot lock; `cache.lock` exclusive while the cache is scanned,
 entries evicted or committed. Locks die with their process. On NFS, Linux maps flock to POSIX
 byte-range locks (so every lock file is opened read-write); that needs a working lock manager.
 Last use is the mtime of `index.json` (objects) or of the file (tasks), set when opened.
+
+The bound is kept without rescanning the cache: every process holds the sizes of the complete
+entries in memory and learns what other processes committed or evicted from the `ledger`, an
+append-only file of one line per change, written under the cache lock (before a commit's rename,
+after an eviction's). So each lock session reads only the lines it has not seen, and the worst a
+process killed between the two steps leaves is an entry counted that is not there, dropped when
+eviction reaches it. A process rebuilds the ledger from the disk when it starts (after a power
+loss its tail may be lost) or finds it torn, and compacts it when it has grown long; a new first
+line tells the others to read it again from the start. Eviction order is a heap of last uses as
+last seen, each checked by one stat when it reaches the top (a use only moves an entry later),
+so evicting costs O(log n) per entry rather than a sort of the whole cache.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -42,6 +55,7 @@ from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
 log = logging.getLogger("blfs.cache")
 
 INDEX = "index.json"
+LEDGER = "ledger"
 DATA = "data"
 LOCK_WAIT = 60.0  # bound on waiting for the cache-wide lock or a pin (held for milliseconds)
 _POLL_MIN, _POLL_MAX = 0.01, 0.2
@@ -135,6 +149,104 @@ def _ignore_missing() -> suppress:
     return suppress(FileNotFoundError)
 
 
+class Ledger:
+    """The shared record of complete entries and their sizes, replayed incrementally.
+
+    The first line names this version of the file (a new one on every rewrite); each further
+    line is a JSON `["+", key, size]` or `["-", key, 0]`. All methods run under the cache lock.
+    """
+
+    _MAGIC = b"blfs-ledger-1 "
+    compact_after = 10_000  # lines beyond twice the entries that make a rewrite worthwhile
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sizes: dict[str, int] = {}
+        self.used = 0
+        self.epoch = 0  # bumped whenever `sizes` is replaced by another process's rewrite
+        self._name: bytes | None = None
+        self._offset = 0
+        self._lines = 0
+
+    def catch_up(self) -> list[str] | None:
+        """Applies the lines appended since the last call and returns the keys they added
+        (all keys, with a new epoch, if the file was rewritten); None if it is missing or torn."""
+        try:
+            with open(self.path, "rb") as file:
+                name = file.readline()
+                if not name.startswith(self._MAGIC) or not name.endswith(b"\n"):
+                    return None
+                if name != self._name:
+                    self._name, self._offset, self._lines = name, len(name), 0
+                    self.sizes, self.used, self.epoch = {}, 0, self.epoch + 1
+                file.seek(self._offset)
+                tail = file.read()
+        except FileNotFoundError:
+            return None
+        if not tail:
+            return []
+        if not tail.endswith(b"\n"):
+            return None  # a writer was killed mid-line
+        added = []
+        try:
+            for line in tail.splitlines():
+                op, key, size = json.loads(line)
+                self._apply(op, key, int(size))
+                if op == "+":
+                    added.append(key)
+        except (ValueError, TypeError):
+            return None
+        self._offset += len(tail)
+        return added
+
+    def _apply(self, op: str, key: str, size: int) -> None:
+        self._lines += 1
+        self.used -= self.sizes.pop(key, 0)
+        if op == "+":
+            self.sizes[key] = size
+            self.used += size
+        elif op != "-":
+            raise ValueError(f"unknown ledger operation {op!r}")
+
+    def append(self, op: str, key: str, size: int = 0) -> None:
+        """Records a commit ("+") or an eviction ("-"); compacts the file when it has grown long."""
+        line = _record(op, key, size)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            _write_all(fd, line)
+        finally:
+            os.close(fd)
+        self._offset += len(line)
+        self._apply(op, key, size)
+        if self._lines > 2 * len(self.sizes) + self.compact_after:
+            try:
+                self.rewrite(self.sizes)
+            except OSError as exc:  # e.g. a full disk: the long file is still right
+                log.warning("cannot compact the cache ledger %s: %s", self.path, exc)
+
+    def rewrite(self, sizes: dict[str, int]) -> None:
+        """Replaces the file (atomically, under a new name) with one line per entry."""
+        name = self._MAGIC + uuid.uuid4().hex.encode() + b"\n"
+        lines = [_record("+", key, size) for key, size in sizes.items()]
+        body = name + b"".join(lines)
+        temporary = self.path.parent / "tmp" / f"ledger-{uuid.uuid4().hex}"
+        temporary.write_bytes(body)
+        os.replace(temporary, self.path)
+        self._name, self._offset, self._lines = name, len(body), len(lines)
+        self.sizes = dict(sizes)
+        self.used = sum(sizes.values())
+
+
+def _record(op: str, key: str, size: int) -> bytes:
+    return json.dumps([op, key, size], separators=(",", ":")).encode() + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class Staging:
     """An entry being written under tmp/, with the bytes reserved for it; commit() publishes it."""
 
@@ -166,6 +278,7 @@ class Staging:
             if self.key.startswith("objects/") and final.exists():
                 shutil.rmtree(self.path, ignore_errors=True)  # another writer finished first
             else:
+                self.cache._admit(self.key, self.written)
                 os.replace(self.path, final)
             self._lock.release(unlink=True)
         self.cache.touch(self.key)
@@ -206,8 +319,10 @@ class Cache:
         self._mutex = threading.Lock()
         self._cache_mutex = threading.Lock()  # threads queue here rather than poll the flock
         self._pins: dict[str, tuple[int, FileLock]] = {}
-        self._sizes: dict[str, int] = {}
+        self._ledger = Ledger(self.root / LEDGER)
+        self._order: list[tuple[float, str]] = []  # (last use as last seen, key): a heap
         with self.locked():
+            self._rebuild()
             self._reservations(exclude=None)  # removes staging left by killed processes
 
     # -- paths and locks -------------------------------------------------------------------
@@ -224,13 +339,15 @@ class Cache:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """The cache-wide lock (not reentrant): scans, reservations, eviction, commits."""
+        """The cache-wide lock (not reentrant) with the ledger caught up: reservations,
+        eviction, commits."""
         deadline = time.monotonic() + LOCK_WAIT
         if not self._cache_mutex.acquire(timeout=LOCK_WAIT):
             raise RemoteTimeout(f"timed out waiting for the cache lock in {self.root}")
         lock = FileLock(self.root / "locks" / "cache.lock", exclusive=True)
         try:
             lock.acquire(deadline, f"the cache lock in {self.root}")
+            self._catch_up()
             yield
         finally:
             lock.release()
@@ -329,25 +446,48 @@ class Cache:
 
     def _evict_for(self, needed: int, exclude: str | None) -> None:
         """(Under the cache lock.) Makes `needed` more bytes fit within the bound if it can."""
-        entries = self._scan()
-        used = sum(entry.size for entry in entries) + self._reservations(exclude)
-        over = used + needed - self.max_bytes
-        for entry in entries:
-            if over <= 0:
-                return
-            if self._evict(entry.key):
-                over -= entry.size
+        over = self._ledger.used + self._reservations(exclude) + needed - self.max_bytes
+        if over > 0:
+            self._evict_until(lambda freed: freed >= over)
 
     def _free_disk(self, needed: int) -> int:
         """(Under the cache lock.) Evicts until the filesystem has `needed` bytes free."""
-        freed = 0
-        for entry in self._scan():
+
+        def enough(_: int) -> bool:
             stats = os.statvfs(self.root)
-            if stats.f_bavail * stats.f_frsize >= needed + (1 << 20):
-                break
-            if self._evict(entry.key):
-                freed += entry.size
+            return stats.f_bavail * stats.f_frsize >= needed + (1 << 20)
+
+        return self._evict_until(enough)
+
+    def _evict_until(self, enough: Callable[[int], bool]) -> int:
+        """(Under the cache lock.) Evicts unpinned entries, least recently used first, until
+        `enough(bytes freed)`; returns the bytes freed."""
+        freed = 0
+        in_use = []
+        while self._order and not enough(freed):
+            seen, key = heapq.heappop(self._order)
+            size = self._ledger.sizes.get(key)
+            if size is None:
+                continue  # evicted since it was queued
+            last_use = self._last_use(key)
+            if last_use is not None and last_use > seen:
+                heapq.heappush(self._order, (last_use, key))  # used since: not the oldest
+            elif last_use is None or self._evict(key):
+                freed += size
+            else:
+                in_use.append((seen, key))
+        for item in in_use:
+            heapq.heappush(self._order, item)
         return freed
+
+    def _last_use(self, key: str) -> float | None:
+        """The mtime that marks an entry's last use; None (and recorded) if it is gone."""
+        marker = self.root / key / INDEX if key.startswith("objects/") else self.root / key
+        try:
+            return os.stat(marker).st_mtime
+        except FileNotFoundError:
+            self._forget(key)
+            return None
 
     def _evict(self, key: str) -> bool:
         """(Under the cache lock.) Removes one unpinned entry whole; False if it is in use."""
@@ -362,8 +502,9 @@ class Cache:
             try:
                 os.rename(self.root / key, doomed)
             except FileNotFoundError:
+                self._forget(key)
                 return False
-            self._sizes.pop(key, None)
+            self._ledger.append("-", key)
         finally:
             lock.release(unlink=True)
         if doomed.is_dir():
@@ -414,44 +555,77 @@ class Cache:
             with _ignore_missing():
                 os.unlink(path)
 
-    def _scan(self) -> list[CacheEntry]:
-        """Every complete entry, least recently used first."""
-        entries = []
+    def _admit(self, key: str, size: int) -> None:
+        """(Under the cache lock, before the rename that commits it.) Counts a new entry."""
+        try:
+            self._ledger.append("+", key, size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CacheFull(f"no space left in the cache {self.root} to record {key}") from None
+        heapq.heappush(self._order, (0.0, key))
+
+    def _forget(self, key: str) -> None:
+        """(Under the cache lock.) Records an entry found gone without a record (its evictor
+        was killed, or it was removed by hand)."""
+        if key in self._ledger.sizes:
+            self._ledger.append("-", key)
+
+    def _catch_up(self) -> None:
+        """(Under the cache lock.) Learns what other processes committed and evicted."""
+        epoch = self._ledger.epoch
+        added = self._ledger.catch_up()
+        if added is None:
+            self._rebuild()
+            return
+        if self._ledger.epoch != epoch:
+            self._order = []
+        for key in added:
+            heapq.heappush(self._order, (0.0, key))
+
+    def _rebuild(self) -> None:
+        """(Under the cache lock.) Makes the ledger match the complete entries on disk, taking
+        sizes it already knows from it (entries never change) and the rest from the disk."""
+        known = self._ledger.sizes
+        sizes = {}
         for child in os.scandir(self.root / "objects"):
             key = f"objects/{child.name}"
-            try:
-                last_use = os.stat(os.path.join(child.path, INDEX)).st_mtime
-                if key not in self._sizes:
-                    self._sizes[key] = int((self.read_index(key) or {}).get("bytes", 0))
-            except (FileNotFoundError, ValueError):
-                continue
-            entries.append(CacheEntry(key, self._sizes[key], last_use))
+            size = known.get(key)
+            if size is None:
+                with suppress(FileNotFoundError, ValueError):
+                    size = int((self.read_index(key) or {})["bytes"])
+            if size is not None:
+                sizes[key] = size
         tasks = self.root / "tasks"
         for directory, _, files in os.walk(tasks):
             for name in files:
                 path = os.path.join(directory, name)
+                key = "tasks/" + os.path.relpath(path, tasks)
                 with _ignore_missing():
-                    info = os.stat(path)
-                    key = "tasks/" + os.path.relpath(path, tasks)
-                    entries.append(CacheEntry(key, info.st_size, info.st_mtime))
-        entries.sort(key=lambda entry: entry.last_use)
-        return entries
+                    sizes[key] = known[key] if key in known else os.stat(path).st_size
+        self._ledger.rewrite(sizes)
+        self._order = [(0.0, key) for key in sizes]
+        heapq.heapify(self._order)
 
     # -- what the CLI shows --------------------------------------------------------------------
     def usage(self) -> tuple[int, int]:
         """(bytes used by complete entries and reservations, the bound)."""
         with self.locked():
-            used = sum(entry.size for entry in self._scan()) + self._reservations(None)
-        return used, self.max_bytes
+            return self._ledger.used + self._reservations(None), self.max_bytes
 
     def entries(self) -> list[CacheEntry]:
         """Complete entries, least recently used first."""
         with self.locked():
-            return self._scan()
+            entries = []
+            for key, size in list(self._ledger.sizes.items()):
+                last_use = self._last_use(key)
+                if last_use is not None:
+                    entries.append(CacheEntry(key, size, last_use))
+        return sorted(entries, key=lambda entry: entry.last_use)
 
     def clear(self, keys: Iterable[str] | None = None) -> list[str]:
         """Evicts the given entries (default: all); entries in use are skipped. Returns the
         keys removed."""
         with self.locked():
-            wanted = [entry.key for entry in self._scan()] if keys is None else list(keys)
+            wanted = list(self._ledger.sizes) if keys is None else list(keys)
             return [key for key in wanted if self._evict(key)]

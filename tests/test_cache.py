@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +194,115 @@ def test_live_staging_is_kept_by_a_new_cache_instance(tmp_path):
     assert (staging.path / "x").exists()
     staging.discard()
     assert list((root / "tmp").iterdir()) == []
+
+
+# -- the shared accounting: several Cache instances (and processes) on one root ------------------
+def put(cache: Cache, object_id: str, size: int) -> None:
+    """Commits an object of `size` bytes the way the fetcher does: staged, indexed, renamed."""
+    staging = cache.stage(object_key(object_id), size, directory=True)
+    (staging.path / "data").mkdir()
+    (staging.path / "data" / "f").write_bytes(b"x" * size)
+    staging.add(size)
+    index = {"version": 1, "bytes": size, "members": [["f", size, 0o100444, 0.0]]}
+    (staging.path / "index.json").write_text(json.dumps(index))
+    staging.commit()
+
+
+def on_disk(root: Path) -> set[str]:
+    return {f"objects/{p.name}" for p in (root / "objects").iterdir()}
+
+
+def test_commits_and_evictions_of_another_instance_are_counted(tmp_path):
+    root = tmp_path / "cache"
+    first, second = Cache(root, 1 << 30), Cache(root, 1 << 30)
+    put(first, "a", 100)
+    put(second, "b", 200)
+    assert first.usage() == second.usage() == (300, 1 << 30)
+    assert second.clear([object_key("a")]) == [object_key("a")]
+    assert first.usage()[0] == 200
+    assert [e.key for e in first.entries()] == [object_key("b")]
+
+
+def test_a_commit_by_another_process_is_counted(tmp_path):
+    root = tmp_path / "cache"
+    cache = Cache(root, 1 << 30)
+    put(cache, "a", 100)
+    child = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from pathlib import Path
+from blfs.cache import Cache
+from test_cache import put
+put(Cache(Path({str(root)!r}), 1 << 30), "b", 1000)
+"""
+    subprocess.run([sys.executable, "-c", child], check=True, cwd=ROOT, timeout=60)
+    assert cache.usage()[0] == 1100
+    cache.clear([object_key("b")])
+    assert Cache(root, 1 << 30).usage()[0] == 100
+
+
+def test_the_bound_holds_with_two_instances_committing_in_turn(tmp_path):
+    root = tmp_path / "cache"
+    caches = [Cache(root, 1000), Cache(root, 1000)]
+    for n in range(12):
+        put(caches[n % 2], f"o{n:02d}", 300)
+        assert len(on_disk(root)) <= 3
+        assert all(cache.usage()[0] <= 1000 for cache in caches)
+    assert on_disk(root) == {object_key(f"o{n:02d}") for n in (9, 10, 11)}
+
+
+def test_eviction_follows_uses_seen_by_another_instance(tmp_path):
+    root = tmp_path / "cache"
+    first, second = Cache(root, 1000), Cache(root, 1000)
+    for name in ("a", "b", "c"):
+        put(first, name, 300)
+        time.sleep(0.02)  # distinct mtimes
+    second.pin(object_key("a"), time.monotonic() + 5).release()  # a is now the most recent
+    put(first, "d", 300)
+    assert on_disk(root) == {object_key(k) for k in "acd"}
+
+
+def test_a_pinned_entry_of_another_instance_is_skipped(tmp_path):
+    root = tmp_path / "cache"
+    first, second = Cache(root, 700), Cache(root, 700)
+    put(first, "a", 300)
+    put(first, "b", 300)
+    pin = second.pin(object_key("a"), time.monotonic() + 5)
+    put(first, "c", 300)
+    assert on_disk(root) == {object_key("a"), object_key("c")}
+    pin.release()  # the last release trims: a is older than c
+    assert on_disk(root) == {object_key("a"), object_key("c")}
+    put(second, "d", 300)
+    assert on_disk(root) == {object_key("c"), object_key("d")}
+
+
+def test_a_lost_or_torn_ledger_and_entries_removed_by_hand_are_recounted(tmp_path):
+    root = tmp_path / "cache"
+    cache = Cache(root, 1000)
+    for name in "abc":
+        put(cache, name, 300)
+    (root / "ledger").unlink()
+    assert cache.usage()[0] == 900
+    with open(root / "ledger", "ab") as ledger:
+        ledger.write(b'["+","objects/zz",5')  # a writer killed mid-line
+    assert Cache(root, 1000).usage()[0] == 900
+    shutil.rmtree(root / "objects" / "b")
+    assert Cache(root, 1000).usage()[0] == 600  # a new process recounts at start
+    shutil.rmtree(root / "objects" / "c")
+    put(cache, "d", 300)  # eviction finds c gone and drops it instead of a
+    put(cache, "e", 300)
+    assert on_disk(root) == {object_key(k) for k in "ade"}
+    assert cache.usage()[0] == 900
+
+
+def test_a_compacted_ledger_is_reread_by_the_others(tmp_path):
+    root = tmp_path / "cache"
+    first, second = Cache(root, 1 << 30), Cache(root, 1 << 30)
+    first._ledger.compact_after = 5
+    for n in range(20):
+        put(first, f"o{n:02d}", 10)
+        if n % 2:
+            first.clear([object_key(f"o{n:02d}")])
+    assert len((root / "ledger").read_bytes().splitlines()) < 30
+    assert second.usage()[0] == first.usage()[0] == 100
+    assert {e.key for e in second.entries()} == on_disk(root)
