@@ -213,7 +213,6 @@ def _fill(
             transfer.cond.notify_all()
     if file.size is not None and file.written != file.size:
         raise BadArchive(f"{what}: truncated: {file.written} of {file.size} bytes")
-    cache.room(what, 0, lambda: os.fsync(fd))
 
 
 def _new_file(path: Path, cache: Cache) -> int:
@@ -479,10 +478,17 @@ class ObjectFetcher(_Downloads):
             finally:
                 os.close(fd)
         archive_bytes = stream.finish()
+        # What a power loss must not leave behind a committed name: files with missing bytes.
+        # So every file and the index are synced before the commit's rename (the staging dir
+        # too, for filesystems that do not order metadata); the commit itself is not (a lost one
+        # is only fetched again). Syncing after the stream keeps it from stalling the download
+        # and the readers of later members.
+        for file in archive.files.values():
+            cache.room(label, 0, lambda path=file.path: _fsync_path(path))
         index = staging.path / INDEX
         text = _json(archive.index(archive_bytes))
         cache.room(label, len(text), lambda: _write_synced(index, text))
-        _fsync_dir(staging.path)
+        _fsync_path(staging.path)
 
 
 def _json(record: dict[str, Any]) -> bytes:
@@ -498,8 +504,8 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -648,10 +654,12 @@ class TaskFiles(_Downloads):
         fd = os.open(entry.staging.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             _fill(entry.file, fd, reader.read, entry.staging, transfer.describe())
+            if reader.read(CHUNK) or (limit is not None and reader.count != limit):
+                raise BadArchive(f"{transfer.describe()}: {reader.count} bytes, expected {limit}")
+            if entry.final:  # synced before its commit; a temporary file never is
+                self._cache.room(transfer.describe(), 0, lambda: os.fsync(fd))
         finally:
             os.close(fd)
-        if reader.read(CHUNK) or (limit is not None and reader.count != limit):
-            raise BadArchive(f"{transfer.describe()}: {reader.count} bytes, expected {limit}")
         if entry.final:
             with transfer.cond:
                 entry.file.path = entry.staging.commit()
