@@ -8,7 +8,6 @@ not rely on tarfile's `filter='data'`: Python 3.11.7 predates fixes to its bypas
 from __future__ import annotations
 
 import gzip
-import io
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -27,6 +26,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 # Deflate cannot expand data by more than about 1032:1, so this bounds a gzip archive's contents.
 DEFLATE_MAX_RATIO = 1032
 TAR_BLOCK = 512
+# tarfile reads its input in `bufsize` pieces: its 10 KiB default costs one HTTP read call each.
+STREAM_BUFFER = 1 << 18
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
@@ -86,25 +87,32 @@ class CountingReader:
         return data
 
 
-class _Prefixed(io.RawIOBase):
-    """Replays the bytes read to sniff the format, then continues with the stream."""
+class _Prefixed:
+    """Replays the bytes read to sniff the format, then continues with the stream.
+
+    A plain `read` (not io.RawIOBase's readinto) hands the network's bytes on without copying.
+    """
 
     def __init__(self, head: bytes, rest: CountingReader) -> None:
-        super().__init__()
         self._head = head
         self._rest = rest
 
-    def readable(self) -> bool:
-        return True
+    def read(self, n: int = -1) -> bytes:
+        if not self._head:
+            return self._rest.read(n)
+        size = len(self._head) if n is None or n < 0 else n
+        data, self._head = self._head[:size], self._head[size:]
+        return data
 
     def readinto(self, buffer: Any) -> int:
+        """For the gzip decoders, which read into their own buffers."""
         view = memoryview(buffer).cast("B")
-        if self._head:
-            data, self._head = self._head[: len(view)], self._head[len(view) :]
-        else:
-            data = self._rest.read(len(view))
+        data = self.read(len(view))
         view[: len(data)] = data
         return len(data)
+
+    def readable(self) -> bool:
+        return True
 
 
 class ArchiveStream:
@@ -144,7 +152,7 @@ class ArchiveStream:
         """Safe members in archive order, each file with a `read(n)` for its data, which must
         be read before the next member is asked for."""
         with self._guard():
-            archive = tarfile.open(fileobj=self._body, mode="r|")  # noqa: SIM115
+            archive = tarfile.open(fileobj=self._body, mode="r|", bufsize=STREAM_BUFFER)  # noqa: SIM115
         while True:
             with self._guard():
                 info = archive.next()

@@ -26,7 +26,7 @@ from blfs.extract import DIR_MODE, ArchiveStream, CountingReader, Member
 
 log = logging.getLogger("blfs.fetch")
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18  # readers wake after each chunk: small enough for an early first byte
 _KEPT_ARCHIVES = 256  # complete member indexes kept in memory
 _KEPT_FAILURES = 20  # recent failures shown by progress()
 
@@ -195,7 +195,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def _fill(
     file: _GrowingFile, fd: int, read: Callable[[int], bytes], staging: Staging, what: str
 ) -> None:
-    """Copies a source into a growing file in ~1 MiB chunks, waking readers after each."""
+    """Copies a source into a growing file chunk by chunk, waking readers after each."""
     cache = staging.cache
     transfer = file.transfer
     while file.size is None or file.written < file.size:

@@ -226,6 +226,7 @@ def test_cache_survives_unmount(mount_factory, emulator):
     obj = an_object(emulator, "neuro/func/task")
     first = mount_factory()
     data = (first.path / "objects" / obj["_id"] / "events.tsv").read_bytes()
+    os.listdir(first.path / "objects" / obj["_id"])  # returns once the object is committed
     assert run("fusermount3", "-u", str(first.path)).returncode == 0
     first.process.wait(10)
     emulator.clear_requests()
