@@ -59,7 +59,13 @@ def cmd_umount(args: argparse.Namespace) -> None:
     if not mountinfo.is_mounted(mountpoint):
         raise SystemExit(f"blfs: {mountpoint} is not mounted")
     record = status.mount_record(str(mountpoint))
-    mountinfo.unmount(mountpoint, lazy=args.lazy)
+    try:
+        mountinfo.unmount(mountpoint, lazy=args.lazy)
+    except OSError as exc:
+        raise SystemExit(
+            f"blfs: cannot unmount {mountpoint}: {exc}\n"
+            "  close the programs using it (see: fuser -vm MOUNTPOINT), or: blfs umount --lazy"
+        ) from None
     if record:
         # The mount process (and a demo's server) ends after the kernel lets go: wait for it.
         deadline = time.monotonic() + 15

@@ -83,3 +83,12 @@ def test_mount_refuses_a_stale_mountpoint_and_umount_clears_it(mount):
     cleared = mount.blfs("umount", str(mount.path))
     assert cleared.returncode == 0, cleared.stderr
     assert not mountinfo.is_mounted(mount.path)
+
+
+def test_umount_of_a_busy_mount_says_what_to_do(mount):
+    with open(mount.path / "projects" / "Lab Private" / "project.json", "rb"):
+        busy = mount.blfs("umount", str(mount.path))
+    assert busy.returncode != 0
+    assert "busy" in busy.stderr and "--lazy" in busy.stderr
+    assert "Traceback" not in busy.stderr
+    assert mountinfo.is_mounted(mount.path)
