@@ -6,13 +6,13 @@ import errno
 import os
 import signal
 import subprocess
-import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_mount import an_object, archive_members, downloads, run, shown_objects, tar_bytes
+from test_fetch import downloads, tar_bytes
+from test_mount import an_object, archive_members, run, shown_objects
 
 from blfs import mountinfo
 
@@ -27,7 +27,7 @@ def sized_objects(replace_archive, emulator, count: int, size: int) -> list[dict
     """`count` objects of Lab Private whose archives are replaced by one random member each."""
     chosen = shown_objects(emulator, "Lab Private")[:count]
     for obj in chosen:
-        replace_archive(obj["_id"], tar_bytes([(tarfile.TarInfo("blob.bin"), os.urandom(size))]))
+        replace_archive(obj["_id"], tar_bytes({"blob.bin": os.urandom(size)}))
     return chosen
 
 
@@ -170,7 +170,7 @@ def test_disk_full_gives_enospc_and_no_corrupt_entry(
     small, big = sized_objects(replace_archive, emulator, 2, MiB)
     replace_archive(
         big["_id"],
-        tar_bytes([(tarfile.TarInfo("blob.bin"), os.urandom(12 * MiB))]),
+        tar_bytes({"blob.bin": os.urandom(12 * MiB)}),
     )
     mount = mount_factory(cache_dir=small_filesystem / "cache", extra=("--cache-size", "1G"))
     with pytest.raises(OSError) as caught:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import subprocess
 import sys
@@ -13,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_fetch import DOWNLOAD, downloads, hostile_tar, tar_bytes
 
 from blfs import mountinfo
-
-DOWNLOAD = "/api/warehouse/dataset/download/"
 
 
 def run(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
@@ -52,20 +50,6 @@ def archive_members(emulator, dataset_id: str) -> dict[str, bytes]:
     (path,) = (emulator.data / "archives").glob(f"{dataset_id}.*")
     with tarfile.open(path) as archive:
         return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
-
-
-def downloads(emulator, dataset_id: str) -> int:
-    return sum(1 for r in emulator.requests() if r["path"] == DOWNLOAD + dataset_id)
-
-
-def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            archive.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
 
 
 def test_projects_listed_as_readable(mount, emulator):
@@ -153,7 +137,7 @@ def test_first_member_readable_long_before_the_download_ends(replace_archive, mo
     first, second = os.urandom(256 * 1024), os.urandom(8 * 2**20)
     replace_archive(
         obj["_id"],
-        tar_bytes([(tarfile.TarInfo("t1.nii.gz"), first), (tarfile.TarInfo("rest.bin"), second)]),
+        tar_bytes({"t1.nii.gz": first, "rest.bin": second}),
     )
     emulator.set(bandwidth=4 * 2**20)
     directory = mount.path / "objects" / obj["_id"]
@@ -189,14 +173,12 @@ def test_hostile_archive_writes_nothing_outside(replace_archive, mount, emulator
     device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 1, 3
     replace_archive(
         obj["_id"],
-        tar_bytes(
-            [
-                (tarfile.TarInfo("t1.nii.gz"), b"fine"),
-                (tarfile.TarInfo("../escape.txt"), b"evil"),
-                (tarfile.TarInfo(str(outside / "absolute.txt")), b"evil"),
-                (link, None),
-                (device, None),
-            ]
+        hostile_tar(
+            (tarfile.TarInfo("t1.nii.gz"), b"fine"),
+            (tarfile.TarInfo("../escape.txt"), b"evil"),
+            (tarfile.TarInfo(str(outside / "absolute.txt")), b"evil"),
+            (link, None),
+            (device, None),
         ),
     )
     with pytest.raises(OSError) as caught:

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_mount import DOWNLOAD, archive_members, datatype_id, project, run
+from test_fetch import DOWNLOAD
+from test_mount import archive_members, datatype_id, project, run
 
 PRODUCT = "/api/warehouse/dataset/product/"
 TASK_DOWNLOAD = "/api/amaretti/task/download/"
