@@ -3,7 +3,8 @@
     python scripts/bench.py [--size BYTES] [--objects N] [--bandwidth BYTES_PER_S] [--dir DIR]
 
 Prints one table row per measurement, each a ratio to a baseline measured in the same run:
-  1. cold `cp -r` of an object through the mount   vs  `curl URL | tar -x`
+  1. cold `cp -r` of an object, and a cold `cat` of its image, through the mount
+                                                   vs  `curl URL | tar -x`
   2. warm sequential read through a new mount      vs  the same bytes read from local disk
   3. first byte of the first member (throttled)    vs  the whole download
   4. `ls -lR` of an N-object project: requests and seconds, cold and again within the TTL
@@ -103,6 +104,11 @@ def bench_object(work: Path, size: int, bandwidth: int) -> None:
         row(f"cold cp -r of a {obj['size'] / 1e6:.0f} MB object vs curl | tar -x", cold, curl)
         member = next(p for p in copy.rglob("*.nii.gz"))
         relative = member.relative_to(copy)
+        with mounted(server, home, home / "cache-first-read") as point:
+            first_read = timed(
+                lambda: shell(f"cat {point / 'objects' / obj['_id'] / relative} >/dev/null")
+            )
+        row("cold read of its image (cat) vs curl | tar -x", first_read, curl)
         local = timed(lambda: shell(f"cat {member} > /dev/null"))
         with mounted(server, home, home / "cache") as point:
             server.clear_requests()
