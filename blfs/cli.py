@@ -105,6 +105,7 @@ def _demo_data(cache_dir: Path) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     cache_dir = Path(args.cache_dir).absolute()
+    Path(args.mountpoint).mkdir(parents=True, exist_ok=True)  # a newcomer's one command
     options = mounting.MountOptions(
         mountpoint=Path(args.mountpoint).absolute(),
         api_url="",
