@@ -38,6 +38,19 @@ def _legacy_tags(request: Request, find: dict) -> dict:
 def routes(app: App) -> list:
     store = app.store
 
+    def page(
+        request: Request, collection: str, find: dict, default_sort: str | None = "_id"
+    ) -> list[dict]:
+        """The rows of one list request: its select, sort, skip and limit applied to `find`."""
+        return store.find(
+            collection,
+            find,
+            parse_select(request),
+            parse_sort(request, default_sort),
+            parse_skip(request),
+            warehouse_limit(request),
+        )
+
     def projects(request: Request) -> Response:
         claims = app.user(request, required=False)
         find = parse_find(request)
@@ -53,14 +66,7 @@ def routes(app: App) -> list:
                 {"listed": True},
             ]
             find = {"$and": [find, {"$or": visible}]}
-        rows = store.find(
-            "projects",
-            find,
-            parse_select(request),
-            parse_sort(request, "_id"),
-            parse_skip(request),
-            warehouse_limit(request),
-        )
+        rows = page(request, "projects", find)
         return json_response({"projects": rows, "count": store.count("projects", find)})
 
     def project_query(request: Request) -> Response:
@@ -85,27 +91,13 @@ def routes(app: App) -> list:
     def datatypes(request: Request) -> Response:
         app.user(request, required=False)
         find = parse_find(request)
-        rows = store.find(
-            "datatypes",
-            find,
-            parse_select(request),
-            parse_sort(request, "_id"),
-            parse_skip(request),
-            warehouse_limit(request),
-        )
+        rows = page(request, "datatypes", find)
         return json_response({"datatypes": rows, "count": store.count("datatypes", find)})
 
     def datasets(request: Request) -> Response:
         claims = app.user(request)
         find = _legacy_tags(request, parse_find(request))
-        rows = store.find(
-            "datasets",
-            find,
-            parse_select(request),
-            parse_sort(request),
-            parse_skip(request),
-            warehouse_limit(request),
-        )
+        rows = page(request, "datasets", find, default_sort=None)
         sub = app.sub(claims)
         readable = app.readable_projects(claims)
         writable = {
@@ -212,14 +204,7 @@ def routes(app: App) -> list:
 
     def pubs(request: Request) -> Response:
         find = parse_find(request)
-        rows = store.find(
-            "pubs",
-            find,
-            parse_select(request),
-            parse_sort(request, "_id"),
-            parse_skip(request),
-            warehouse_limit(request),
-        )
+        rows = page(request, "pubs", find)
         if request.arg("deref_contacts"):
             users = {str(u["sub"]): u for u in store.find("users", {})}
             for row in rows:
@@ -230,14 +215,7 @@ def routes(app: App) -> list:
 
     def pub_datasets(request: Request) -> Response:
         find = {"$and": [parse_find(request), {"publications": request.params["id"]}]}
-        rows = store.find(
-            "datasets",
-            find,
-            parse_select(request),
-            parse_sort(request, "_id"),
-            parse_skip(request),
-            warehouse_limit(request),
-        )
+        rows = page(request, "datasets", find)
         return json_response({"datasets": rows, "count": store.count("datasets", find)})
 
     return [
