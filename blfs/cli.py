@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,22 +85,9 @@ def cmd_login(args: argparse.Namespace) -> None:
     print(f"logged in as {username}; token saved to {tokens.path}")
 
 
-def _demo_data(cache_dir: Path) -> Path:
-    """Generates the sample data once; a half-generated copy never looks finished."""
-    data = cache_dir / "demo-data"
-    if data.is_dir():
-        return data
-    staging = cache_dir / f"demo-data.tmp{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "blfs.emulator", "generate", str(staging), "--seed", "1"], check=True
-    )
-    staging.rename(data)
-    return data
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
+    from blfs.emulator.control import generated_data
+
     cache_dir = Path(args.cache_dir).absolute()
     Path(args.mountpoint).mkdir(parents=True, exist_ok=True)  # a newcomer's one command
     options = mounting.MountOptions(
@@ -111,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         api_url="",
         cache_dir=cache_dir / "demo-cache",
         ttl=args.ttl,
-        emulator_data=_demo_data(cache_dir),
+        emulator_data=generated_data(cache_dir / "demo-data", seed=1),
     )
     mounting.check_mountpoint(options.mountpoint)
     log_path = _log_path(cache_dir, options.mountpoint)

@@ -7,7 +7,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -107,39 +106,19 @@ def _use_libfuse3() -> bool:
     return os.environ.get("FUSE_LIBRARY_NAME") == "fuse3"
 
 
-def _die_with_parent() -> None:
-    """Runs in the emulator child so it never outlives its mount, even after kill -9."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @contextlib.contextmanager
 def bundled_server(data_dir: Path, token_home: Path) -> Iterator[str]:
     """Serves the demo data on a free loopback port and logs in as `demo`; yields the API URL."""
     from blfs.api import Client
     from blfs.auth import TokenStore
+    from blfs.emulator.control import EmulatorProcess
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "blfs.emulator", "serve", str(data_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_die_with_parent,
-    )
+    server = EmulatorProcess(data_dir, die_with_parent=True)
     try:
-        assert server.stdout is not None
-        api_url = server.stdout.readline().strip()
-        if not api_url:
-            raise SystemExit("blfs: the bundled server did not start")
-        tokens = TokenStore(api_url, home=token_home)
-        tokens.save(Client(api_url).login("demo", "demo"))
-        yield api_url
+        TokenStore(server.url, home=token_home).save(Client(server.url).login("demo", "demo"))
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
 
 
 def run_foreground(options: MountOptions) -> None:

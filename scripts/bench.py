@@ -24,7 +24,7 @@ from pathlib import Path
 
 from blfs import mountinfo
 from blfs.auth import TokenStore
-from blfs.emulator.control import Emulator, generate_data, start_emulator
+from blfs.emulator.control import Emulator, generated_data, start_emulator
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -46,11 +46,9 @@ def row(what: str, blfs_value: float, baseline: float, unit: str = "s") -> None:
 
 
 def data_dir(root: Path, name: str, **options: int) -> Path:
-    target = root / name
-    if not (target / "db" / "datasets.json").exists():
+    if not (root / name).is_dir():
         print(f"generating {name} …", file=sys.stderr)
-        generate_data(target, timeout=3600, **options)
-    return target
+    return generated_data(root / name, **options)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from pathlib import Path
 from blfs.api import Client
 from blfs.auth import TokenStore
 from blfs.cache import Cache
-from blfs.emulator.control import Emulator, generate_data, start_emulator
+from blfs.emulator.control import Emulator, generated_data, start_emulator
 from blfs.fetch import ObjectFetcher
 
 WINDOW = 500
@@ -86,10 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     subjects = max(1, -(-args.objects // 10))
     data = args.dir / f"cache-{subjects}x10"
-    if not (data / "db" / "datasets.json").exists():
-        print(f"generating {data} …", file=sys.stderr)
-        generate_data(data, timeout=3600, subjects=subjects, objects_per_subject=10,
-                      object_size=1024)  # fmt: skip
+    generated_data(data, subjects=subjects, objects_per_subject=10, object_size=1024)
     work = Path(tempfile.mkdtemp(prefix="cache", dir=args.dir))
     try:
         with start_emulator(data) as server:

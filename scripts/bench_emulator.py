@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from blfs.emulator.control import EmulatorProcess, generate_data
+from blfs.emulator.control import EmulatorProcess, generated_data
 
 CHUNK = 1 << 20
 
@@ -57,8 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = args.dir / f"size-{args.size}"
-    if not (data / "db" / "datasets.json").exists():
-        generate_data(data, subjects=1, objects_per_subject=1, object_size=args.size)
+    generated_data(data, subjects=1, objects_per_subject=1, object_size=args.size)
     datasets = json.loads((data / "db" / "datasets.json").read_text())
     biggest = max((d for d in datasets if d.get("size")), key=lambda d: d["size"])
     archive = next((data / "archives").glob(f"{biggest['_id']}.*"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from blfs.emulator.control import EmulatorProcess, generate_data
+from blfs.emulator.control import EmulatorProcess, generated_data
 
 OBJECTS_PER_SUBJECT = 10
 
@@ -42,11 +42,10 @@ def main() -> None:
     args = parser.parse_args()
 
     data = args.dir / f"objects-{args.objects}"
-    if not (data / "db" / "datasets.json").exists():
-        subjects = max(1, args.objects // OBJECTS_PER_SUBJECT)
-        generate_data(
-            data, subjects=subjects, objects_per_subject=OBJECTS_PER_SUBJECT, object_size=1024
-        )
+    subjects = max(1, args.objects // OBJECTS_PER_SUBJECT)
+    generated_data(
+        data, subjects=subjects, objects_per_subject=OBJECTS_PER_SUBJECT, object_size=1024
+    )
     datasets = json.loads((data / "db" / "datasets.json").read_text())
     stored = [d["_id"] for d in datasets if d["status"] == "stored"]
     step = max(1, len(stored) // args.requests)

@@ -7,8 +7,12 @@ Used by the test fixtures, the benchmarks and `blfs demo`. Only talks HTTP to th
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
+import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +32,24 @@ def generate_data(directory: Path, timeout: float = 600, **options: int) -> Path
         args += [f"--{name.replace('_', '-')}", str(value)]
     subprocess.run(args, check=True, timeout=timeout)
     return directory
+
+
+def generated_data(directory: Path, timeout: float = 3600, **options: int) -> Path:
+    """`directory` generated once and reused afterwards; a half-generated one never looks done."""
+    if directory.is_dir():
+        return directory
+    staging = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    generate_data(staging, timeout, **options)
+    staging.rename(directory)
+    return directory
+
+
+def _die_with_parent() -> None:
+    """Runs in the server child so it never outlives its parent, even one killed with -9."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Emulator:
@@ -114,7 +136,7 @@ class EmulatorProcess:
         tls: tuple[Path, Path] | None = None,
         knobs_file: Path | None = None,
         stderr: Path | None = None,
-        detach: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         args = [sys.executable, "-m", "blfs.emulator", "serve", str(data), "--host", host]
         args += ["--port", str(port)]
@@ -128,7 +150,7 @@ class EmulatorProcess:
             stdout=subprocess.PIPE,
             stderr=error_log,
             stdin=subprocess.DEVNULL,
-            start_new_session=detach,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         if error_log:
             error_log.close()
