@@ -66,6 +66,11 @@ def _errno_mapped(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _mode(attr: Attr) -> int:
+    """Everything is read-only: directories r-x, files r--, for everyone."""
+    return stat.S_IFDIR | 0o555 if attr.is_dir else stat.S_IFREG | 0o444
+
+
 class BlfsOperations(mfusepy.Operations):
     """Read-only operations over a Namespace; open handles are kept by number."""
 
@@ -81,13 +86,9 @@ class BlfsOperations(mfusepy.Operations):
 
     def _stat(self, attr: Attr) -> dict[str, int]:
         mtime_ns = int(attr.mtime * 1e9)
-        if attr.is_dir:
-            mode, nlink = stat.S_IFDIR | 0o555, 2
-        else:
-            mode, nlink = stat.S_IFREG | 0o444, 1
         return {
-            "st_mode": mode,
-            "st_nlink": nlink,
+            "st_mode": _mode(attr),
+            "st_nlink": 2 if attr.is_dir else 1,
             "st_size": attr.size,
             "st_uid": self._uid,
             "st_gid": self._gid,
@@ -106,8 +107,7 @@ class BlfsOperations(mfusepy.Operations):
     def readdir(self, path: str, fh: int) -> list[Any]:
         entries: list[Any] = [".", ".."]
         for name, attr in self._namespace.readdir(path):
-            mode = stat.S_IFDIR | 0o555 if attr.is_dir else stat.S_IFREG | 0o444
-            entries.append((name, {"st_mode": mode}, 0))
+            entries.append((name, {"st_mode": _mode(attr)}, 0))
         return entries
 
     @_errno_mapped
