@@ -23,6 +23,7 @@ import urllib3
 
 from blfs.auth import TokenStore, claims
 from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError, RemoteTimeout
+from blfs.ids import is_object_id
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ _NO_ACCESS = re.compile(r"no read access|can't access|don't have access", re.IGN
 _NOT_FOUND = re.compile(r"no such task id|CastError", re.IGNORECASE)
 # 500 answers that a retry cannot change: the request itself is at fault.
 _PERMANENT = re.compile(r"SyntaxError|status it not stored|No such file", re.IGNORECASE)
-_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 
 
 class Auth(enum.Enum):
@@ -433,7 +433,7 @@ def _expiry(token: str, tokens: TokenStore | None) -> tuple[float, float]:
 
 def _check_id(value: str, what: str) -> None:
     """A malformed id would only earn a server CastError (API §5): answer it locally."""
-    if not _OBJECT_ID.fullmatch(value):
+    if not is_object_id(value.lower()):
         raise NotFound(f"no {what} with id {value!r}")
 
 

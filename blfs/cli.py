@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import re
 import sys
 import time
 from pathlib import Path
 
 from blfs import mountinfo, mounting, status, units
 from blfs.errors import BlfsError
+from blfs.ids import last_object_id
 from blfs.units import human
 
 
@@ -164,10 +164,10 @@ def _cache_keys(targets: list[str]) -> list[str]:
 
     keys = []
     for target in targets:
-        ids = [part for part in Path(target).parts if re.fullmatch(r"[0-9a-f]{24}", part)]
-        if not ids:
+        object_id = last_object_id(Path(target).parts)
+        if object_id is None:
             raise SystemExit(f"blfs: {target} names no data-object")
-        keys.append(object_key(ids[-1]))
+        keys.append(object_key(object_id))
     return keys
 
 

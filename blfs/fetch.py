@@ -23,6 +23,7 @@ import cachetools
 from blfs.cache import DATA, INDEX, Cache, FileLock, Pin, Staging, object_key, task_key
 from blfs.errors import BadArchive, BlfsError, NotFound, RemoteTimeout
 from blfs.extract import DIR_MODE, ArchiveStream, CountingReader, Member
+from blfs.nodes import Handle
 
 log = logging.getLogger("blfs.fetch")
 
@@ -40,13 +41,6 @@ class Download(Protocol):
 
     def read(self, n: int) -> bytes: ...
     def close(self) -> None: ...
-
-
-class Handle(Protocol):
-    complete: bool
-
-    def read(self, offset: int, size: int) -> bytes: ...
-    def release(self) -> None: ...
 
 
 class _Cancelled(BlfsError):

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import mfusepy
 
 from blfs.errors import BlfsError
-from blfs.namespace import Attr, Namespace
+from blfs.namespace import Namespace
+from blfs.nodes import Attr
 
 log = logging.getLogger("blfs")
 

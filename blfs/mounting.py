@@ -139,6 +139,7 @@ def _serve(options: MountOptions) -> None:
     from blfs.api import Client
     from blfs.auth import TokenStore
     from blfs.cache import Cache
+    from blfs.catalog import Catalog
     from blfs.fetch import ObjectFetcher, TaskFiles
     from blfs.fuse_ops import BlfsOperations
     from blfs.namespace import Namespace
@@ -147,7 +148,7 @@ def _serve(options: MountOptions) -> None:
     cache = Cache(options.cache_dir, options.cache_size or default_cache_size(options.cache_dir))
     objects = ObjectFetcher(cache, client.download_dataset)
     task_files = TaskFiles(cache, client.download_task_file)
-    namespace = Namespace(client, objects, task_files, ttl=options.ttl)
+    namespace = Namespace(Catalog(client, ttl=options.ttl), objects, task_files)
     fuse_options: dict[str, str | bool] = {
         "ro": True,
         "fsname": "blfs",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -19,15 +18,15 @@ from queue import Empty, Queue
 from typing import TextIO
 
 from blfs import status
+from blfs.ids import is_object_id
 from blfs.units import human
 
-_OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 _STILL_RUNNING = (errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN)
 
 
 def is_object_dir(path: Path) -> bool:
     """An object directory, recognised without listing it (a listing would fetch it)."""
-    return bool(_OBJECT_ID.match(path.name)) and (path / "_info.json").exists()
+    return is_object_id(path.name) and (path / "_info.json").exists()
 
 
 def find_objects(roots: list[Path]) -> list[Path]:

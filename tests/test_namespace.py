@@ -16,9 +16,11 @@ from emulator_fixtures import generate_data, start_emulator
 from blfs.api import PAGE_SIZE, Client
 from blfs.auth import TokenStore
 from blfs.cache import Cache
+from blfs.catalog import Catalog
 from blfs.errors import AccessDenied, NotFound, RemoteError
 from blfs.fetch import ObjectFetcher, TaskFiles
-from blfs.namespace import Attr, Namespace
+from blfs.namespace import Namespace
+from blfs.nodes import Attr
 
 WAREHOUSE = "/api/warehouse"
 AMARETTI = "/api/amaretti"
@@ -33,7 +35,7 @@ def make_namespace(url: str, tmp: Path, token: str | None = None, ttl: float = 6
     cache = Cache(tmp / "cache", 1 << 30)
     objects = ObjectFetcher(cache, client.download_dataset)
     task_files = TaskFiles(cache, client.download_task_file)
-    return Namespace(client, objects, task_files, ttl=ttl)
+    return Namespace(Catalog(client, ttl=ttl), objects, task_files)
 
 
 @pytest.fixture

@@ -1,0 +1,194 @@
+"""Every metadata answer the namespace needs, from the REST client through the metadata cache:
+projects, datatypes, the object trees of projects and releases, publications, processes, tasks
+and their output listings, single records by id (DESIGN §1, §3).
+
+Knows nothing of paths beyond what a tree or a task listing is; knows nothing of FUSE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from blfs.auth import claims
+from blfs.errors import NotFound
+from blfs.metacache import MetaCache
+from blfs.names import Named, unique_names
+from blfs.nodes import Attr, json_bytes
+from blfs.tree import DATASET_SELECT, Branch, build_tree, timestamp
+
+if TYPE_CHECKING:
+    from blfs.api import Client
+
+# A finished task's output never changes: its listings are kept this long (or `ttl` if longer).
+FINISHED_TASK_TTL = 24 * 3600.0
+
+
+def token_subject(token: str | None) -> str | None:
+    """The user id (`sub`) of a token, or None for a guest or an unreadable token."""
+    if not token:
+        return None
+    try:
+        sub = claims(token).get("sub")
+    except ValueError:
+        return None
+    return None if sub is None else str(sub)
+
+
+def readable(project: dict[str, Any], sub: str | None) -> bool:
+    """The warehouse's read ACL: public, or the user is a member, admin or guest."""
+    if project.get("access") == "public":
+        return True
+    people = [*project.get("members", []), *project.get("admins", []), *project.get("guests", [])]
+    return sub is not None and sub in {str(p) for p in people}
+
+
+def label(record: dict[str, Any]) -> str:
+    """A process's or task's human name: its name, else its description, else its id."""
+    return record.get("name") or record.get("desc") or record["_id"]
+
+
+@dataclass(frozen=True)
+class TaskListing:
+    """A task directory from `/task/ls`, and which of its files are symlinks (whose listed size
+    is the link's own, not that of the file a download serves)."""
+
+    attrs: dict[str, Attr]
+    file_links: frozenset[str]
+
+
+def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
+    """Symlinks count as what they point to; broken ones (no `directory` flag) are hidden."""
+    shown: dict[str, Attr] = {}
+    file_links = set()
+    for entry in entries:
+        name = entry.get("filename") or ""
+        if name in ("", ".", "..") or "/" in name or "directory" not in entry:
+            continue
+        attrs = entry.get("attrs") or {}
+        is_dir = bool(entry["directory"])
+        size = 0 if is_dir else int(attrs.get("size") or 0)
+        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")))
+        if entry.get("link") and not is_dir:
+            file_links.add(name)
+    return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
+
+
+def is_finished(task: dict[str, Any]) -> bool:
+    return task.get("status") == "finished"
+
+
+class Catalog:
+    """Metadata answers by kind, each cached for the TTL (finished tasks' outputs longer)."""
+
+    def __init__(self, client: Client, ttl: float = 60.0) -> None:
+        self._client = client
+        self._cache = MetaCache(ttl)
+
+    def projects(self) -> Named[dict[str, Any]]:
+        def fetch() -> Named[dict[str, Any]]:
+            sub = token_subject(self._client.tokens.get() if self._client.tokens else None)
+            shown = [
+                (p["_id"], p.get("name"), p)
+                for p in self._client.projects()
+                if not p.get("removed") and readable(p, sub)
+            ]
+            return unique_names(shown)
+
+        return self._cache.get("projects", fetch)
+
+    def datatypes(self) -> dict[str, dict[str, Any]]:
+        return self._cache.get("datatypes", self._client.datatypes)
+
+    def project_tree(self, project_id: str) -> Branch:
+        def fetch() -> Branch:
+            find = {"project": project_id, "removed": False, "status": "stored"}
+            records = self._client.datasets(find, select=DATASET_SELECT)
+            shown = [r for r in records if r.get("status") == "stored" and not r.get("removed")]
+            return build_tree(shown, self.datatypes())
+
+        return self._cache.get(("project", project_id), fetch)
+
+    def release_tree(self, release_id: str) -> Branch:
+        def fetch() -> Branch:
+            records = self._client.release_datasets(
+                release_id, {"status": "stored"}, select=DATASET_SELECT
+            )
+            shown = (r for r in records if r.get("status") == "stored")
+            return build_tree(shown, self.datatypes())
+
+        return self._cache.get(("release", release_id), fetch)
+
+    def pubs(self) -> Named[dict[str, Any]]:
+        def fetch() -> Named[dict[str, Any]]:
+            pubs = self._client.pubs()
+            return unique_names((p["_id"], p.get("name"), p) for p in pubs if not p.get("removed"))
+
+        return self._cache.get("pubs", fetch)
+
+    def instances(self, group_id: int) -> Named[dict[str, Any]]:
+        def fetch() -> Named[dict[str, Any]]:
+            instances = self._client.instances(group_id)
+            return unique_names((i["_id"], label(i), i) for i in instances)
+
+        return self._cache.get(("instances", group_id), fetch)
+
+    def tasks(self, instance_id: str) -> Named[dict[str, Any]]:
+        def fetch() -> Named[dict[str, Any]]:
+            tasks = self._client.tasks(instance_id)
+            return unique_names(
+                (t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"
+            )
+
+        return self._cache.get(("tasks", instance_id), fetch)
+
+    def _task_ttl(self, task: dict[str, Any]) -> float | None:
+        """A finished task's outputs never change: keep what was learnt of them long."""
+        return max(FINISHED_TASK_TTL, self._cache.ttl) if is_finished(task) else None
+
+    def task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
+        return self._cache.get(
+            ("task_ls", task["_id"], relpath),
+            lambda: task_listing(self._client.task_ls(task["_id"], relpath)),
+            ttl=self._task_ttl(task),
+        )
+
+    def linked_size(self, task: dict[str, Any], path: str) -> int:
+        """The size of the file a task symlink points to. `/task/ls` gives the link's own size
+        and a download follows the link, so the size is asked of a download (then closed)."""
+
+        def fetch() -> int:
+            with contextlib.closing(self._client.download_task_file(task["_id"], path)) as body:
+                if body.length is not None:
+                    return body.length
+                while body.read(1 << 20):
+                    pass
+                return body.bytes_read
+
+        return self._cache.get(("task_link", task["_id"], path), fetch, ttl=self._task_ttl(task))
+
+    def object_record(self, object_id: str) -> dict[str, Any]:
+        def fetch() -> dict[str, Any]:
+            for record in self._client.datasets({"_id": object_id}, select=DATASET_SELECT):
+                if record.get("status") == "stored":
+                    return record
+            raise NotFound(f"no stored data-object {object_id}")
+
+        return self._cache.get(("object", object_id), fetch)
+
+    def task_record(self, task_id: str) -> dict[str, Any]:
+        return self._cache.get(("task", task_id), lambda: self._client.task(task_id))
+
+    def product_bytes(self, object_id: str) -> bytes:
+        """`_product.json`: fetched once per object (stored objects do not change), then kept."""
+
+        def fetch() -> bytes:
+            return json_bytes({"product": self._client.product(object_id)})
+
+        return self._cache.get(("product", object_id), fetch, ttl=float("inf"))
+
+    def known_product_bytes(self, object_id: str) -> bytes | None:
+        """`_product.json` if it was already fetched: a listing must not make the request."""
+        return self._cache.peek(("product", object_id))

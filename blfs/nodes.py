@@ -1,0 +1,172 @@
+"""The node contract between the namespace and the FUSE adapter (DESIGN §7): a path resolves to a
+`Node`, which gives its attributes, looks up and lists children, or opens a `Handle`.
+
+Generic node shapes live here; the brainlife ones (projects, objects, tasks…) in namespace.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from blfs.errors import BlfsError, NotFound
+from blfs.ids import is_object_id
+from blfs.names import Named
+
+
+class IsADirectory(BlfsError):
+    """open() of a directory (the kernel normally sends opendir instead)."""
+
+    errno = errno.EISDIR
+
+
+@dataclass(frozen=True)
+class Attr:
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+
+
+class Handle(Protocol):
+    """An open file: `complete` files never change, so the kernel may keep their pages."""
+
+    complete: bool
+
+    def read(self, offset: int, size: int) -> bytes: ...
+    def release(self) -> None: ...
+
+
+class BytesHandle:
+    """An open generated file (JSON records): all bytes in memory, never changing."""
+
+    complete = True
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._data[offset : offset + size]
+
+    def release(self) -> None:
+        pass
+
+
+def json_bytes(value: Any) -> bytes:
+    """How a record is shown as a file: indented JSON, the size is exactly these bytes."""
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def directory(mtime: float = 0.0) -> Attr:
+    return Attr(True, 0, mtime)
+
+
+class Node:
+    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call."""
+
+    def __init__(self, attr: Attr) -> None:
+        self._attr = attr
+
+    def attr(self) -> Attr:
+        return self._attr
+
+    def lookup(self, name: str) -> Node:
+        raise NotFound(f"no such file: {name}")
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        raise NotFound("not a directory")
+
+    def open(self) -> Handle:
+        raise IsADirectory("is a directory")
+
+
+class FileNode(Node):
+    """A file whose attributes are known; `opener` makes its handle."""
+
+    def __init__(self, attr: Attr, opener: Callable[[], Handle]) -> None:
+        super().__init__(attr)
+        self._opener = opener
+
+    def open(self) -> Handle:
+        return self._opener()
+
+
+class BytesFile(FileNode):
+    """A generated file whose bytes are known."""
+
+    def __init__(self, data: bytes, mtime: float) -> None:
+        super().__init__(Attr(False, len(data), mtime), lambda: BytesHandle(data))
+
+
+class JsonFile(Node):
+    """A record shown as a JSON file; serialized only when asked about (lookups pass through)."""
+
+    def __init__(self, value: Any, mtime: float) -> None:
+        super().__init__(Attr(False, 0, mtime))
+        self._value = value
+
+    def attr(self) -> Attr:
+        return Attr(False, len(json_bytes(self._value)), self._attr.mtime)
+
+    def open(self) -> Handle:
+        return BytesHandle(json_bytes(self._value))
+
+
+class DirNode(Node):
+    """A directory of fixed entries, followed by those of another directory if any."""
+
+    def __init__(
+        self, attr: Attr, fixed: dict[str, Node], rest: Callable[[], Node] | None = None
+    ) -> None:
+        super().__init__(attr)
+        self._fixed = fixed
+        self._rest = rest
+
+    def lookup(self, name: str) -> Node:
+        fixed = self._fixed.get(name)
+        if fixed is not None:
+            return fixed
+        if self._rest is None:
+            raise NotFound(f"no such file: {name}")
+        return self._rest().lookup(name)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        own = [(name, node.attr()) for name, node in self._fixed.items()]
+        rest = [] if self._rest is None else self._rest().entries()
+        return own + [(name, attr) for name, attr in rest if name not in self._fixed]
+
+
+class NamedDir(Node):
+    """A directory of records shown by name (and reachable by id): projects, releases, tasks…"""
+
+    def __init__(self, attr: Attr, named: Callable[[], Named[Any]], child: Callable[[Any], Node]):
+        super().__init__(attr)
+        self._named = named
+        self._child = child
+
+    def lookup(self, name: str) -> Node:
+        record = self._named().get(name)
+        if record is None:
+            raise NotFound(f"no such file: {name}")
+        return self._child(record)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        return sorted((name, self._child(r).attr()) for name, r in self._named().by_name.items())
+
+
+class ByIdDir(Node):
+    """`/objects` and `/tasks`: lookup by a 24-hex id only, nothing listed."""
+
+    def __init__(self, child: Callable[[str], Node]) -> None:
+        super().__init__(directory())
+        self._child = child
+
+    def lookup(self, name: str) -> Node:
+        if not is_object_id(name):
+            raise NotFound(f"not an id: {name}")
+        return self._child(name)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        return []
