@@ -67,9 +67,13 @@ def _errno_mapped(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _mode(attr: Attr) -> int:
-    """Everything is read-only: directories r-x, files r--, for everyone."""
-    return stat.S_IFDIR | 0o555 if attr.is_dir else stat.S_IFREG | 0o444
+def _mode(attr: Attr, shared: bool) -> int:
+    """Everything is read-only: directories r-x, files r--, for the owner only unless the mount
+    is shared (the kernel enforces these bits: the mount uses `default_permissions`)."""
+    bits = 0o555 if attr.is_dir else 0o444
+    if not shared:
+        bits &= 0o700
+    return (stat.S_IFDIR if attr.is_dir else stat.S_IFREG) | bits
 
 
 class BlfsOperations(mfusepy.Operations):
@@ -77,8 +81,9 @@ class BlfsOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, namespace: Namespace) -> None:
+    def __init__(self, namespace: Namespace, *, shared: bool = False) -> None:
         self._namespace = namespace
+        self._shared = shared
         self._handles: dict[int, Any] = {}
         self._handle_numbers = itertools.count(1)
         self._log_once = _OncePerMessage()
@@ -88,7 +93,7 @@ class BlfsOperations(mfusepy.Operations):
     def _stat(self, attr: Attr) -> dict[str, int]:
         mtime_ns = int(attr.mtime * 1e9)
         return {
-            "st_mode": _mode(attr),
+            "st_mode": _mode(attr, self._shared),
             "st_nlink": 2 if attr.is_dir else 1,
             "st_size": attr.size,
             "st_uid": self._uid,
@@ -108,7 +113,7 @@ class BlfsOperations(mfusepy.Operations):
     def readdir(self, path: str, fh: int) -> list[Any]:
         entries: list[Any] = [".", ".."]
         for name, attr in self._namespace.readdir(path):
-            entries.append((name, {"st_mode": _mode(attr)}, 0))
+            entries.append((name, {"st_mode": _mode(attr, self._shared)}, 0))
         return entries
 
     @_errno_mapped

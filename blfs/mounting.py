@@ -10,20 +10,22 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blfs import mountinfo, status
-from blfs.errors import BlfsError
+from blfs.errors import AccessDenied, BlfsError, RemoteError
 
 if TYPE_CHECKING:
+    from blfs.api import Client
     from blfs.cache import Cache
 
 log = logging.getLogger("blfs")
 
-READY_TIMEOUT = 30.0
+# The API check before the mount may wait a request timeout or two (api.Client.timeout).
+READY_TIMEOUT = 90.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def default_cache_dir() -> Path:
@@ -46,6 +48,7 @@ class MountOptions:
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
     token_home: Path | None = None
     emulator_data: Path | None = None
+    share: bool = False
 
     def argv(self) -> list[str]:
         """The `blfs mount --foreground` command line that reproduces these options."""
@@ -69,6 +72,8 @@ class MountOptions:
             args += ["-o", format_fuse_options(self.fuse_options)]
         if self.emulator_data is not None:
             args += ["--emulator-data", str(self.emulator_data)]
+        if self.share:
+            args.append("--share")
         return args
 
 
@@ -106,45 +111,64 @@ def _use_libfuse3() -> bool:
     return os.environ.get("FUSE_LIBRARY_NAME") == "fuse3"
 
 
-@contextlib.contextmanager
-def bundled_server(data_dir: Path, token_home: Path) -> Iterator[str]:
-    """Serves the demo data on a free loopback port and logs in as `demo`; yields the API URL."""
-    from blfs.api import Client
-    from blfs.auth import TokenStore
-    from blfs.emulator.control import EmulatorProcess
-
-    server = EmulatorProcess(data_dir, die_with_parent=True)
-    try:
-        TokenStore(server.url, home=token_home).save(Client(server.url).login("demo", "demo"))
-        yield server.url
-    finally:
-        server.stop()
+def log_to_stderr() -> None:
+    """How a mount process logs: to stderr, which a background mount sends to its log file."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def run_foreground(options: MountOptions) -> None:
-    """Mounts and serves until unmounted or signalled."""
+    """Checks the API, then mounts and serves until unmounted or signalled."""
+    from blfs.api import Client
+    from blfs.auth import TokenStore
+
     check_mountpoint(options.mountpoint)
     with contextlib.ExitStack() as stack:
         if options.emulator_data is not None:
-            token_home = options.token_home or options.cache_dir / "demo-home"
-            options.api_url = stack.enter_context(bundled_server(options.emulator_data, token_home))
-            options.token_home = token_home
-        _serve(options)
+            from blfs import demo
+
+            stack.enter_context(demo.serving(options))
+        client = Client(options.api_url, TokenStore(options.api_url, home=options.token_home))
+        check_api(client, options.cache_dir)
+        _serve(options, client)
 
 
-def _serve(options: MountOptions) -> None:
+def check_api(client: Client, cache_dir: Path) -> None:
+    """Refuses, with a one-line reason, a URL that is not a brainlife API, fails TLS or refuses
+    the token; a server that cannot be reached passes with one warning when metadata from an
+    earlier mount can be served instead."""
+    assert client.tokens is not None
+    if client.tokens.get() is None:
+        log.warning(
+            "not logged in to %s: only public projects and publications are shown"
+            " (blfs login --api %s)",
+            client.api_url,
+            client.api_url,
+        )
+    try:
+        client.check()
+    except AccessDenied as exc:
+        raise BlfsError(f"login needed: {exc} (blfs login --api {client.api_url})") from None
+    except RemoteError as exc:
+        if not offline_metadata(cache_dir):
+            raise BlfsError(f"{exc}, and {cache_dir} holds nothing to mount offline") from None
+        log.warning("%s: mounted for offline use from what %s holds", exc, cache_dir)
+
+
+def offline_metadata(cache_dir: Path) -> bool:
+    """Whether an earlier mount left listings in `cache_dir` that an offline mount can show."""
+    return False
+
+
+def _serve(options: MountOptions, client: Client) -> None:
     libfuse3 = _use_libfuse3()
     import mfusepy
 
-    from blfs.api import Client
-    from blfs.auth import TokenStore
     from blfs.cache import Cache
     from blfs.catalog import Catalog
     from blfs.fetch import ObjectFetcher, TaskFiles
     from blfs.fuse_ops import BlfsOperations
     from blfs.namespace import Namespace
 
-    client = Client(options.api_url, TokenStore(options.api_url, home=options.token_home))
     cache = Cache(options.cache_dir, options.cache_size or default_cache_size(options.cache_dir))
     objects = ObjectFetcher(cache, client.download_dataset)
     task_files = TaskFiles(cache, client.download_task_file)
@@ -155,7 +179,11 @@ def _serve(options: MountOptions) -> None:
         "subtype": "blfs",
         "entry_timeout": str(options.ttl),
         "attr_timeout": str(options.ttl),
+        # The kernel checks the mode bits, which are the owner's only unless asked to share.
+        "default_permissions": True,
     }
+    if options.share:
+        fuse_options["allow_other"] = True
     if libfuse3:
         # libfuse 3's default of 10 workers lets a few waiting downloads freeze the mount.
         fuse_options.update(max_threads="64", max_idle_threads="16")
@@ -166,13 +194,14 @@ def _serve(options: MountOptions) -> None:
             "mountpoint": os.path.realpath(options.mountpoint),
             "api": options.api_url,
             "cache_dir": str(options.cache_dir),
+            "cache": {"max": cache.max_bytes},
             "started": time.time(),
         },
-        lambda: {"downloads": objects.progress(), "cache": _usage(cache)},
+        lambda: {"downloads": objects.progress() + task_files.progress()},
     )
     try:
         mfusepy.FUSE(
-            BlfsOperations(namespace),
+            BlfsOperations(namespace, shared=options.share),
             str(options.mountpoint),
             raw_fi=True,
             foreground=True,
@@ -186,11 +215,6 @@ def _serve(options: MountOptions) -> None:
         publisher.close()
 
 
-def _usage(cache: Cache) -> dict[str, int]:
-    used, bound = cache.usage()
-    return {"used": used, "max": bound}
-
-
 def default_cache_size(cache_dir: Path) -> int:
     """A bound that never fills the disk: half of what is free now, at most 50 GiB."""
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -198,11 +222,21 @@ def default_cache_size(cache_dir: Path) -> int:
     return min(50 * 2**30, stats.f_bavail * stats.f_frsize // 2)
 
 
-def spawn(options: MountOptions, log_path: Path) -> subprocess.Popen[bytes]:
-    """Starts `blfs mount --foreground` detached and returns once the mount is ready."""
+def open_cache(root: Path) -> Cache:
+    """The cache in `root`, with the bound of the mount that uses it (else the default one)."""
+    from blfs.cache import Cache
+
+    bound = status.cache_bound(root)
+    return Cache(root, bound if bound is not None else default_cache_size(root))
+
+
+def spawn(options: MountOptions, log_path: Path) -> list[str]:
+    """Starts `blfs mount --foreground` detached and returns, once the mount is ready, the
+    warnings it logged while starting. If it does not start, raises with its one-line reason."""
     check_mountpoint(options.mountpoint)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
+        start = log_file.tell()
         process = subprocess.Popen(
             options.argv(),
             stdin=subprocess.DEVNULL,
@@ -214,7 +248,25 @@ def spawn(options: MountOptions, log_path: Path) -> subprocess.Popen[bytes]:
     while not mountinfo.is_mounted(options.mountpoint):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise BlfsError("the mount did not start:\n" + "\n".join(tail))
+            raise BlfsError(_start_failure(_run_output(log_path, start)))
         time.sleep(0.05)
-    return process
+    return [
+        line.split(" WARNING blfs: ", 1)[1]
+        for line in _run_output(log_path, start)
+        if " WARNING blfs: " in line
+    ]
+
+
+def _run_output(log_path: Path, start: int) -> list[str]:
+    """The lines this run added to the (shared, appended) log file."""
+    with open(log_path, "rb") as log_file:
+        log_file.seek(start)
+        return log_file.read().decode(errors="replace").splitlines()
+
+
+def _start_failure(lines: list[str]) -> str:
+    """The mount's own one-line reason (`blfs: …`, as the command line ends), else the tail."""
+    reasons = [line.removeprefix("blfs: ") for line in lines if line.startswith("blfs: ")]
+    if reasons:
+        return reasons[-1]
+    return "the mount did not start:\n" + "\n".join(lines[-15:])

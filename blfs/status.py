@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 PUBLISH_INTERVAL = 1.0
+
+log = logging.getLogger("blfs")
 
 
 def registry_dir() -> Path:
@@ -51,8 +54,18 @@ class Publisher:
         _write_atomically(self._path, {**self._record, **self._live()})
 
     def _run(self) -> None:
+        """A publish that fails (a full disk, say) is tried again a second later: a thread that
+        died here would leave `blfs status` showing the mount's first second for ever."""
+        failing = False
         while not self._stop.wait(PUBLISH_INTERVAL):
-            self._publish()
+            try:
+                self._publish()
+            except Exception as exc:
+                if not failing:
+                    log.warning("cannot update the status record %s: %s", self._path, exc)
+                failing = True
+            else:
+                failing = False
 
     def close(self) -> None:
         self._stop.set()
@@ -79,3 +92,16 @@ def running_mounts() -> list[dict[str, Any]]:
 def mount_record(mountpoint: str) -> dict[str, Any] | None:
     real = os.path.realpath(mountpoint)
     return next((r for r in running_mounts() if r.get("mountpoint") == real), None)
+
+
+def cache_dirs() -> list[Path]:
+    """The cache directories of the running mounts, each once."""
+    return list(dict.fromkeys(Path(record["cache_dir"]) for record in running_mounts()))
+
+
+def cache_bound(cache_dir: Path) -> int | None:
+    """The bound a running mount keeps `cache_dir` within, if one uses it."""
+    for record in running_mounts():
+        if Path(record["cache_dir"]) == cache_dir.absolute():
+            return int(record["cache"]["max"])
+    return None
