@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -59,13 +60,13 @@ class MountOptions:
             "mount",
             str(self.mountpoint),
             "--foreground",
-            "--api",
-            self.api_url,
             "--cache-dir",
             str(self.cache_dir),
             "--ttl",
             str(self.ttl),
         ]
+        if self.emulator_data is None:
+            args += ["--api", self.api_url]
         if self.cache_size is not None:
             args += ["--cache-size", str(self.cache_size)]
         if self.fuse_options:
@@ -266,7 +267,7 @@ def _run_output(log_path: Path, start: int) -> list[str]:
 
 def _start_failure(lines: list[str]) -> str:
     """The mount's own one-line reason (`blfs: …`, as the command line ends), else the tail."""
-    reasons = [line.removeprefix("blfs: ") for line in lines if line.startswith("blfs: ")]
+    reasons = [line for line in lines if re.match(r"blfs( \w+)?: ", line)]
     if reasons:
-        return reasons[-1]
+        return reasons[-1].removeprefix("blfs: ")
     return "the mount did not start:\n" + "\n".join(lines[-15:])
