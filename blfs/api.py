@@ -207,6 +207,12 @@ class Client:
         url = f"{self._warehouse}/dataset/product/{dataset_id}"
         return self._get_json(url, {}, Auth.REQUIRED).get("product")
 
+    def participants(self, project_id: str) -> dict[str, Any]:
+        """A project's participant table `{subjects: [{subject, …}], columns: {…}}` (API §2);
+        AccessDenied unless it is published or the user is a member or admin."""
+        _check_id(project_id, "project")
+        return self._get_json(f"{self._warehouse}/participant/{project_id}", {}, Auth.OPTIONAL)
+
     def download_dataset(self, dataset_id: str) -> Download:
         _check_id(dataset_id, "data-object")
         return self._open_download(f"{self._warehouse}/dataset/download/{dataset_id}", {})

@@ -202,6 +202,27 @@ def routes(app: App) -> list:
         record = store.one("products", {"dataset_id": dataset_id})
         return json_response({"product": record["product"] if record else None})
 
+    def participants(request: Request) -> Response:
+        """Published participant info, else members and admins only (401 in plain text)."""
+        claims = app.user(request, required=False)
+        project_id = check_object_id(request.params["id"], "_id", "Projects")
+        project = store.one("projects", {"_id": project_id})
+        if project is None:
+            return Response(404)
+        sub = app.sub(claims)
+        insider = app.has_scope(claims, "warehouse", "admin") or sub in (
+            project.get("admins", []) + project.get("members", [])
+        )
+        if not project.get("publishParticipantsInfo") and not insider:
+            message = (
+                "you are not an administartor nor member of this project (no public participants)"
+            )
+            return Response(401, [("Content-Type", "text/html; charset=utf-8")], message.encode())
+        record = store.one("participants", {"project": project_id})
+        if record is None:  # the warehouse creates an empty record on first access
+            record = {"project": project_id, "subjects": [], "columns": {}, "__v": 0}
+        return json_response(record)
+
     def pubs(request: Request) -> Response:
         find = parse_find(request)
         rows = page(request, "pubs", find)
@@ -227,6 +248,7 @@ def routes(app: App) -> list:
         route("GET", "/dataset/inventory", inventory),
         route("GET", "/dataset/download/(?P<id>[^/]+)", download),
         route("GET", "/dataset/product/(?P<id>[^/]+)", product),
+        route("GET", "/participant/(?P<id>[^/]+)", participants),
         route("GET", "/pub", pubs),
         route("GET", "/pub/datasets/(?P<id>[^/]+)", pub_datasets),
     ]
