@@ -155,6 +155,7 @@ class Client:
     ) -> None:
         api = api_url.rstrip("/")
         self.tokens = tokens
+        self.site = api.removesuffix("/api")  # brainlife's web pages (project and object URLs)
         self.timeout = timeout
         self.retries = retries
         self.page_size = page_size

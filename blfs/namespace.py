@@ -11,6 +11,7 @@ from __future__ import annotations
 import stat
 from typing import TYPE_CHECKING, Any
 
+from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, is_finished
 from blfs.errors import NotFound
 from blfs.names import Named, unique_names
@@ -24,6 +25,7 @@ from blfs.nodes import (
     JsonFile,
     NamedDir,
     Node,
+    NotALink,
     directory,
 )
 from blfs.tree import Branch, timestamp
@@ -59,6 +61,12 @@ class Namespace:
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
 
+    def readlink(self, path: str) -> str:
+        target = self._resolve(path).attr().link
+        if target is None:
+            raise NotALink(f"not a symlink: {path}")
+        return target
+
     def _resolve(self, path: str) -> Node:
         node: Node = self._root
         for name in path.split("/"):
@@ -74,9 +82,10 @@ class Namespace:
             lambda: self.catalog.instances(group) if group is not None else Named(),
             self._instance_node,
         )
+        view = BidsDir(lambda: self.catalog.project_bids(project), self.objects, "", mtime)
         return DirNode(
             directory(mtime),
-            {"project.json": JsonFile(project, mtime), "processes": processes},
+            {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view},
             lambda: BranchNode(self, self.catalog.project_tree(project["_id"])),
         )
 
@@ -92,15 +101,20 @@ class Namespace:
                 ),
                 reserved=["publication.json"],
             ),
-            self._release_node,
+            lambda release: self._release_node(pub, release),
         )
         return DirNode(
             directory(mtime), {"publication.json": JsonFile(pub, mtime)}, lambda: releases
         )
 
-    def _release_node(self, release: dict[str, Any]) -> Node:
-        tree = self.catalog.release_tree(release["_id"])
-        return BranchNode(self, tree, timestamp(release.get("create_date")))
+    def _release_node(self, pub: dict[str, Any], release: dict[str, Any]) -> Node:
+        mtime = timestamp(release.get("create_date"))
+        view = BidsDir(lambda: self.catalog.release_bids(pub, release), self.objects, "", mtime)
+        return DirNode(
+            directory(mtime),
+            {"bids": view},
+            lambda: BranchNode(self, self.catalog.release_tree(release["_id"]), mtime),
+        )
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         return NamedDir(
