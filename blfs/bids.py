@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from blfs.tree import object_path
-
 BIDS_VERSION = "1.10.0"
 META_MAP = "_meta_"
 # Object meta that becomes filename entities, in the order the BIDS specification gives them.
@@ -31,12 +29,12 @@ _PREFIX = 8
 
 
 @dataclass(frozen=True)
-class Link:
-    """A BIDS file that is an archive member: a relative symlink into its object's directory."""
+class Member:
+    """A BIDS file that is a member of an object's archive (`size`: the archive's, if known)."""
 
     object_id: str
     member: str
-    target: str
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class Generated:
     data: bytes
 
 
-Entry = Link | Generated
+Entry = Member | Generated
 
 
 def label(value: object) -> str:
@@ -171,8 +169,6 @@ def object_files(
         record = item.record
         directory = item.directory()
         stem = item.stem(spread[str(record["_id"])])
-        up = "../" * (directory.count("/") + 1)
-        home = "/".join(object_path(record, datatypes))
         datatype = datatypes[str(record["datatype"])]
         for entry in item.maps:
             path = f"{directory}{stem}_{entry['dest']}"
@@ -181,7 +177,7 @@ def object_files(
                 continue
             member = resolve_source(str(entry["src"]), datatype)
             if member is not None:
-                files[path] = Link(str(record["_id"]), member, f"{up}{home}/{member}")
+                files[path] = Member(str(record["_id"]), member, record.get("size"))
     return files
 
 

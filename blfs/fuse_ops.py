@@ -68,10 +68,7 @@ def _errno_mapped(method: F) -> F:
 
 
 def _mode(attr: Attr) -> int:
-    """Everything is read-only: directories r-x, files r--, for everyone (symlinks rwx, as
-    Linux shows every symlink)."""
-    if attr.link is not None:
-        return stat.S_IFLNK | 0o777
+    """Everything is read-only: directories r-x, files r--, for everyone."""
     return stat.S_IFDIR | 0o555 if attr.is_dir else stat.S_IFREG | 0o444
 
 
@@ -113,10 +110,6 @@ class BlfsOperations(mfusepy.Operations):
         for name, attr in self._namespace.readdir(path):
             entries.append((name, {"st_mode": _mode(attr)}, 0))
         return entries
-
-    @_errno_mapped
-    def readlink(self, path: str) -> str:
-        return self._namespace.readlink(path)
 
     @_errno_mapped
     def open(self, path: str, fi: Any) -> int:

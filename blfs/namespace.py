@@ -9,8 +9,10 @@ task files to the task-file store. Knows nothing of FUSE.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from blfs import bids
 from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, is_finished
 from blfs.errors import NotFound
@@ -25,7 +27,6 @@ from blfs.nodes import (
     JsonFile,
     NamedDir,
     Node,
-    NotALink,
     directory,
 )
 from blfs.tree import Branch, timestamp
@@ -61,12 +62,6 @@ class Namespace:
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
 
-    def readlink(self, path: str) -> str:
-        target = self._resolve(path).attr().link
-        if target is None:
-            raise NotALink(f"not a symlink: {path}")
-        return target
-
     def _resolve(self, path: str) -> Node:
         node: Node = self._root
         for name in path.split("/"):
@@ -82,7 +77,7 @@ class Namespace:
             lambda: self.catalog.instances(group) if group is not None else Named(),
             self._instance_node,
         )
-        view = BidsDir(lambda: self.catalog.project_bids(project), self.objects, "", mtime)
+        view = self._bids_dir(lambda: self.catalog.project_bids(project), mtime)
         return DirNode(
             directory(mtime),
             {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view},
@@ -109,12 +104,21 @@ class Namespace:
 
     def _release_node(self, pub: dict[str, Any], release: dict[str, Any]) -> Node:
         mtime = timestamp(release.get("create_date"))
-        view = BidsDir(lambda: self.catalog.release_bids(pub, release), self.objects, "", mtime)
+        view = self._bids_dir(lambda: self.catalog.release_bids(pub, release), mtime)
         return DirNode(
             directory(mtime),
             {"bids": view},
             lambda: BranchNode(self, self.catalog.release_tree(release["_id"]), mtime),
         )
+
+    def _bids_dir(self, dataset: Callable[[], bids.Dataset], mtime: float) -> Node:
+        """A BIDS view (DESIGN §1.2) whose data files are their objects' member nodes."""
+
+        def member(entry: bids.Member) -> Node:
+            record = {"_id": entry.object_id, "size": entry.size}
+            return Member(self, record, entry.member)
+
+        return BidsDir(dataset, self.objects, member, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         return NamedDir(

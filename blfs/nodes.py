@@ -23,20 +23,11 @@ class IsADirectory(BlfsError):
     errno = errno.EISDIR
 
 
-class NotALink(BlfsError):
-    """readlink() of anything but a symlink."""
-
-    errno = errno.EINVAL
-
-
 @dataclass(frozen=True)
 class Attr:
-    """A node's type, size and time; `link` is a symlink's target (then `size` is its length)."""
-
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
-    link: str | None = None
 
 
 class Handle(Protocol):
