@@ -161,6 +161,7 @@ class Client:
         api = api_url.rstrip("/")
         self.api_url = api
         self.tokens = tokens
+        self.site = api.removesuffix("/api")  # brainlife's web pages (project and object URLs)
         self.timeout = timeout
         self.retries = retries
         self.page_size = page_size

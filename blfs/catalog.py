@@ -8,16 +8,18 @@ Knows nothing of paths beyond what a tree or a task listing is; knows nothing of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from blfs import bids
 from blfs.auth import claims
-from blfs.errors import NotFound
+from blfs.errors import AccessDenied, NotFound
 from blfs.metacache import MetaCache
 from blfs.names import Named, unique_names
 from blfs.nodes import Attr, json_bytes
-from blfs.tree import DATASET_SELECT, Branch, build_tree, timestamp
+from blfs.tree import DATASET_SELECT, Branch, build_tree, records, timestamp
 
 if TYPE_CHECKING:
     from blfs.api import Client
@@ -120,6 +122,59 @@ class Catalog:
             return build_tree(shown, self.datatypes())
 
         return self._cache.get(("release", release_id), fetch)
+
+    def participants(self, project_id: str) -> dict[str, Any] | None:
+        """The project's participant table, or None when it is not published to this user."""
+
+        def fetch() -> dict[str, Any] | None:
+            try:
+                return self._client.participants(project_id)
+            except (AccessDenied, NotFound):
+                return None
+
+        return self._cache.get(("participants", project_id), fetch)
+
+    def project_bids(self, project: dict[str, Any]) -> bids.Dataset:
+        """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""
+        project_id = project["_id"]
+        url = f"{self._client.site}/project/{project_id}"
+        source = bids.Source(
+            name=project.get("name") or project_id,
+            url=url,
+            readme=f"{project.get('name')}\n\n{url}\n\n{project.get('desc') or ''}\n",
+            records=(),
+            participants=None,
+        )
+
+        def fetch() -> bids.Dataset:
+            return self._bids(source, self.project_tree(project_id), project_id)
+
+        return self._cache.get(("project_bids", project_id), fetch)
+
+    def release_bids(self, pub: dict[str, Any], release: dict[str, Any]) -> bids.Dataset:
+        """A release's BIDS view: its objects, with the publication's licence and DOI."""
+        url = f"{self._client.site}/pub/{pub['_id']}"
+        name = f"{pub.get('name') or pub['_id']} (release {release.get('name')})"
+        source = bids.Source(
+            name=name,
+            url=url,
+            readme=f"{name}\n\n{url}\n\n{pub.get('desc') or ''}\n",
+            records=(),
+            participants=None,
+            release=pub,
+        )
+
+        def fetch() -> bids.Dataset:
+            return self._bids(source, self.release_tree(release["_id"]), pub.get("project"))
+
+        return self._cache.get(("release_bids", release["_id"]), fetch)
+
+    def _bids(self, source: bids.Source, tree: Branch, project_id: str | None) -> bids.Dataset:
+        participants = self.participants(project_id) if project_id else None
+        filled = dataclasses.replace(
+            source, records=tuple(records(tree)), participants=participants
+        )
+        return bids.dataset(filled, self.datatypes(), self._client.site)
 
     def pubs(self) -> Named[dict[str, Any]]:
         def fetch() -> Named[dict[str, Any]]:

@@ -9,8 +9,11 @@ task files to the task-file store. Knows nothing of FUSE.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from blfs import bids
+from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, is_finished
 from blfs.errors import NotFound
 from blfs.names import Named, unique_names
@@ -74,9 +77,10 @@ class Namespace:
             lambda: self.catalog.instances(group) if group is not None else Named(),
             self._instance_node,
         )
+        view = self._bids_dir(lambda: self.catalog.project_bids(project), mtime)
         return DirNode(
             directory(mtime),
-            {"project.json": JsonFile(project, mtime), "processes": processes},
+            {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view},
             lambda: BranchNode(self, self.catalog.project_tree(project["_id"])),
         )
 
@@ -92,15 +96,29 @@ class Namespace:
                 ),
                 reserved=["publication.json"],
             ),
-            self._release_node,
+            lambda release: self._release_node(pub, release),
         )
         return DirNode(
             directory(mtime), {"publication.json": JsonFile(pub, mtime)}, lambda: releases
         )
 
-    def _release_node(self, release: dict[str, Any]) -> Node:
-        tree = self.catalog.release_tree(release["_id"])
-        return BranchNode(self, tree, timestamp(release.get("create_date")))
+    def _release_node(self, pub: dict[str, Any], release: dict[str, Any]) -> Node:
+        mtime = timestamp(release.get("create_date"))
+        view = self._bids_dir(lambda: self.catalog.release_bids(pub, release), mtime)
+        return DirNode(
+            directory(mtime),
+            {"bids": view},
+            lambda: BranchNode(self, self.catalog.release_tree(release["_id"]), mtime),
+        )
+
+    def _bids_dir(self, dataset: Callable[[], bids.Dataset], mtime: float) -> Node:
+        """A BIDS view (DESIGN §1.2) whose data files are their objects' member nodes."""
+
+        def member(entry: bids.Member) -> Node:
+            record = {"_id": entry.object_id, "size": entry.size}
+            return Member(self, record, entry.member)
+
+        return BidsDir(dataset, self.objects, member, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         return NamedDir(
