@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from blfs.tree import DATASET_SELECT, Branch, build_tree, records, timestamp
 if TYPE_CHECKING:
     from blfs.api import Client
 
+# What the summary of objects in other states shows of each (the API requires `project`).
+STATE_SELECT = "project status status_msg meta datatype create_date"
 # A finished task's output never changes: its listings are kept this long (or `ttl` if longer).
 FINISHED_TASK_TTL = 24 * 3600.0
 
@@ -76,6 +79,20 @@ def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
         if entry.get("link") and not is_dir:
             file_links.add(name)
     return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
+
+
+def _not_shown(record: dict[str, Any], datatypes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    meta = record.get("meta") or {}
+    datatype = datatypes.get(str(record.get("datatype")), {}).get("name", record.get("datatype"))
+    return {
+        "_id": record["_id"],
+        "status": record.get("status"),
+        "status_msg": record.get("status_msg"),
+        "datatype": datatype,
+        "subject": meta.get("subject"),
+        "session": meta.get("session"),
+        "create_date": record.get("create_date"),
+    }
 
 
 def is_finished(task: dict[str, Any]) -> bool:
@@ -176,6 +193,24 @@ class Catalog:
         )
         return bids.dataset(filled, self.datatypes(), self._client.site)
 
+    def object_states(self, project_id: str) -> dict[str, Any]:
+        """How many of the project's objects are in each state, and the ones not shown (still
+        `storing`, or `failed`) with the server's word on them: a missing upload explained."""
+
+        def fetch() -> dict[str, Any]:
+            find = {"project": project_id, "removed": False, "status": {"$ne": "stored"}}
+            rows = self._client.datasets(find, select=STATE_SELECT)
+            others = [r for r in rows if r.get("status") != "stored"]
+            counts = Counter(str(r.get("status")) for r in others)
+            counts["stored"] = len(records(self.project_tree(project_id)))
+            datatypes = self.datatypes()
+            return {
+                "counts": dict(sorted(counts.items())),
+                "not_shown": [_not_shown(r, datatypes) for r in others],
+            }
+
+        return self._cache.get(("states", project_id), fetch)
+
     def pubs(self) -> Named[dict[str, Any]]:
         def fetch() -> Named[dict[str, Any]]:
             pubs = self._client.pubs()
@@ -190,11 +225,14 @@ class Catalog:
 
         return self._cache.get(("instances", group_id), fetch)
 
-    def tasks(self, instance_id: str) -> Named[dict[str, Any]]:
+    def tasks(self, instance_id: str, reserved: Iterable[str] = ()) -> Named[dict[str, Any]]:
+        """A process's tasks by name; a task named like one of `reserved` gets an id suffix."""
+
         def fetch() -> Named[dict[str, Any]]:
             tasks = self._client.tasks(instance_id)
             return unique_names(
-                (t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"
+                ((t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"),
+                reserved=reserved,
             )
 
         return self._cache.get(("tasks", instance_id), fetch)

@@ -8,14 +8,17 @@ task files to the task-file store. Knows nothing of FUSE.
 
 from __future__ import annotations
 
+import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blfs import bids
 from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, is_finished
 from blfs.errors import NotFound
+from blfs.ids import is_object_id
 from blfs.names import Named, unique_names
 from blfs.nodes import (
     Attr,
@@ -29,11 +32,52 @@ from blfs.nodes import (
     Node,
     directory,
 )
-from blfs.tree import Branch, timestamp
+from blfs.tree import Branch, datatype_dir, timestamp
 
 if TYPE_CHECKING:
     from blfs.fetch import Member as MemberInfo
     from blfs.fetch import ObjectContents, ObjectFetcher, TaskFiles
+
+OBJECT_METADATA = ("_info.json", "_product.json")
+TASK_METADATA = "_task.json"
+INSTANCE_METADATA = "_instance.json"
+STATES = "object-states.json"
+PARTICIPANTS = ("participants.tsv", "participants.json")
+# Keys of a task's or process's record that may hold credentials: an app's config can take a
+# token or a password, and amaretti keeps the environment a task runs with.
+_SECRET = re.compile(r"token|secret|passw|credential|jwt|api_?key|private|^_?envs?$", re.I)
+
+
+def without_secrets(value: Any) -> Any:
+    """A record as the API gives it, minus every key (at any depth) that may hold a secret."""
+    if isinstance(value, dict):
+        return {k: without_secrets(v) for k, v in value.items() if not _SECRET.search(str(k))}
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Beside:
+    """DESIGN §1.1's collision rule between a directory's metadata files and the files listed
+    beside them (archive members, task outputs). A metadata file keeps its name, which must be
+    known without a download; a listed file of the same name is shown, and reached, as
+    `<name> [<first 8 hex of the object's or task's id>]`."""
+
+    metadata: frozenset[str]
+    owner_id: str
+
+    @property
+    def _suffix(self) -> str:
+        return f" [{self.owner_id[:8]}]"
+
+    def shown(self, listed: Iterable[tuple[str, Attr]]) -> list[tuple[str, Attr]]:
+        return [(name + self._suffix if name in self.metadata else name, a) for name, a in listed]
+
+    def listed_name(self, name: str) -> str:
+        """The name in the listing that a shown name stands for."""
+        base = name.removesuffix(self._suffix)
+        return base if base in self.metadata else name
 
 
 class Namespace:
@@ -78,11 +122,8 @@ class Namespace:
             self._instance_node,
         )
         view = self._bids_dir(lambda: self.catalog.project_bids(project), mtime)
-        return DirNode(
-            directory(mtime),
-            {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view},
-            lambda: BranchNode(self, self.catalog.project_tree(project["_id"])),
-        )
+        fixed = {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view}
+        return ProjectDir(self, project, fixed, mtime)
 
     def _pub_node(self, pub: dict[str, Any]) -> Node:
         mtime = timestamp(pub.get("create_date"))
@@ -121,11 +162,14 @@ class Namespace:
         return BidsDir(dataset, self.objects, member, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
-        return NamedDir(
-            directory(timestamp(instance.get("create_date"))),
-            lambda: self.catalog.tasks(instance["_id"]),
+        mtime = timestamp(instance.get("create_date"))
+        tasks = NamedDir(
+            directory(mtime),
+            lambda: self.catalog.tasks(instance["_id"], reserved=[INSTANCE_METADATA]),
             lambda task: TaskDir(self, task, "", directory(timestamp(task.get("create_date")))),
         )
+        metadata = JsonFile(without_secrets(instance), mtime)
+        return DirNode(directory(mtime), {INSTANCE_METADATA: metadata}, lambda: tasks)
 
     def _object_by_id(self, object_id: str) -> Node:
         return ObjectDir(self, self.catalog.object_record(object_id))
@@ -135,6 +179,49 @@ class Namespace:
         if task.get("status") == "removed":
             raise NotFound(f"task {task_id} was removed")
         return TaskDir(self, task, "", directory(timestamp(task.get("create_date"))))
+
+
+class ProjectDir(DirNode):
+    """A project: project.json, processes/ and bids/; files made from metadata only when asked
+    for (the published participant table, the objects by state); then its subjects."""
+
+    def __init__(
+        self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float
+    ) -> None:
+        super().__init__(
+            directory(mtime), fixed, lambda: BranchNode(ns, ns.catalog.project_tree(project["_id"]))
+        )
+        self._ns = ns
+        self._project = project
+
+    def _made(self, names: Iterable[str]) -> dict[str, Node]:
+        """The made files among `names` that exist (participants only when published)."""
+        catalog, project_id, mtime = self._ns.catalog, self._project["_id"], self._attr.mtime
+        made: dict[str, Node] = {}
+        if STATES in names:
+            made[STATES] = JsonFile(catalog.object_states(project_id), mtime)
+        if set(PARTICIPANTS) & set(names):
+            table = catalog.participants(project_id)
+            rows = (table or {}).get("subjects") or []
+            if rows:
+                subjects = [bids.label(row.get("subject")) for row in rows]
+                tsv, sidecar = bids.participants(subjects, table)
+                made["participants.tsv"] = BytesFile(tsv, mtime)
+                if sidecar is not None:
+                    made["participants.json"] = BytesFile(sidecar, mtime)
+        return {name: node for name, node in made.items() if name in names}
+
+    def lookup(self, name: str) -> Node:
+        if name in (STATES, *PARTICIPANTS):
+            made = self._made([name]).get(name)
+            if made is None:
+                raise NotFound(f"no such file: {name}")
+            return made
+        return super().lookup(name)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        made = self._made([STATES, *PARTICIPANTS])
+        return [(name, node.attr()) for name, node in made.items()] + super().entries()
 
 
 class BranchNode(Node):
@@ -147,11 +234,21 @@ class BranchNode(Node):
 
     def lookup(self, name: str) -> Node:
         child = self._branch.children.get(name)
+        if child is None and is_object_id(name):
+            child = self._datatype_by_id(name)
         if child is None:
             raise NotFound(f"no such file: {name}")
         if isinstance(child, Branch):
             return BranchNode(self._ns, child)
         return ObjectDir(self._ns, child)
+
+    def _datatype_by_id(self, datatype_id: str) -> Branch | None:
+        """A datatype's directory reached by the datatype's id (a lookup alias, not listed)."""
+        datatypes = self._ns.catalog.datatypes()
+        if datatype_id not in datatypes:
+            return None
+        child = self._branch.children.get(datatype_dir({"datatype": datatype_id}, datatypes))
+        return child if isinstance(child, Branch) else None
 
     def entries(self) -> list[tuple[str, Attr]]:
         return [
@@ -171,6 +268,7 @@ class ObjectDir(Node):
         super().__init__(directory(_created(record)))
         self._ns = ns
         self._record = record
+        self._beside = Beside(frozenset(OBJECT_METADATA), record["_id"])
 
     def _info(self) -> JsonFile:
         return JsonFile(self._record, self._attr.mtime)
@@ -183,7 +281,7 @@ class ObjectDir(Node):
             return self._info()
         if name == "_product.json":
             return self._product()
-        return Member(self._ns, self._record, name)
+        return Member(self._ns, self._record, self._beside.listed_name(name))
 
     def entries(self) -> list[tuple[str, Attr]]:
         # `_product.json`'s size is only known after its request, which a listing must not make;
@@ -192,7 +290,7 @@ class ObjectDir(Node):
         product = Attr(False, len(known) if known else 0, self._attr.mtime)
         members = Member(self._ns, self._record, "").entries()
         fixed = [("_info.json", self._info().attr()), ("_product.json", product)]
-        return fixed + [(n, a) for n, a in members if n not in ("_info.json", "_product.json")]
+        return fixed + self._beside.shown(members)
 
 
 class Member(Node):
@@ -228,15 +326,24 @@ def _member_attr(member: MemberInfo) -> Attr:
 
 
 class TaskDir(Node):
-    """A directory of a task's output tree, listed by `/task/ls` (sizes and mtimes included)."""
+    """A directory of a task's output tree, listed by `/task/ls` (sizes and mtimes included);
+    the task's root also holds `_task.json`, its record, answered without a download."""
 
     def __init__(self, ns: Namespace, task: dict[str, Any], relpath: str, attr: Attr) -> None:
         super().__init__(attr)
         self._ns = ns
         self._task = task
         self._relpath = relpath
+        metadata = frozenset() if relpath else frozenset([TASK_METADATA])
+        self._beside = Beside(metadata, task["_id"])
+
+    def _metadata(self) -> JsonFile:
+        return JsonFile(without_secrets(self._task), self._attr.mtime)
 
     def lookup(self, name: str) -> Node:
+        if name in self._beside.metadata:
+            return self._metadata()
+        name = self._beside.listed_name(name)
         catalog = self._ns.catalog
         listing = catalog.task_listing(self._task, self._relpath)
         attr = listing.attrs.get(name)
@@ -253,4 +360,6 @@ class TaskDir(Node):
     def entries(self) -> list[tuple[str, Attr]]:
         # A symlinked file is listed with the link's own size: its real size costs a request,
         # made only when it is looked up (the adapter takes only the type from a listing).
-        return list(self._ns.catalog.task_listing(self._task, self._relpath).attrs.items())
+        listed = self._ns.catalog.task_listing(self._task, self._relpath).attrs.items()
+        own = [(TASK_METADATA, self._metadata().attr())] if self._beside.metadata else []
+        return own + self._beside.shown(listed)

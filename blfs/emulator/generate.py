@@ -613,22 +613,53 @@ class Generator:
                     "update_date": self.date(6001 + n),
                 }
             )
+            t1w = self.datatypes["neuro/anat/t1w"]["_id"]
+            by_subject: dict[str, dict] = {}
+            for d in self.db["datasets"]:
+                subject = d["meta"].get("subject")
+                ours = d["project"] == project["_id"] and d["status"] == "stored"
+                if ours and d["datatype"] == t1w and subject:
+                    by_subject.setdefault(subject, d)
+            inputs = [by_subject[subject] for subject in sorted(by_subject)]
             for t, task_status in enumerate(task_statuses):
+                source = inputs[t % len(inputs)]
                 self.make_task(
-                    f"{key}/{t}", instance_id, project, user, task_status, 6000 + 10 * n + t
+                    f"{key}/{t}", instance_id, project, user, task_status, 6000 + 10 * n + t, source
                 )
 
     def make_task(
-        self, key: str, instance_id: str, project: dict, user: str, status: str, minute: int
+        self,
+        key: str,
+        instance_id: str,
+        project: dict,
+        user: str,
+        status: str,
+        minute: int,
+        source: dict,
     ) -> None:
+        """A run of the sample app on the t1w object `source` (its subject is the task's)."""
         task_id = self.oid("task", key)
+        meta = {k: source["meta"][k] for k in ("subject", "session") if k in source["meta"]}
+        inputs = [
+            {
+                "id": "t1",
+                "task_id": self.oid("stagetask", key),
+                "subdir": source["_id"],
+                "dataset_id": source["_id"],
+                "datatype": source["datatype"],
+                "datatype_tags": source["datatype_tags"],
+                "tags": source["tags"],
+                "meta": source["meta"],
+                "keys": ["t1"],
+            }
+        ]
         outputs = [
             {
                 "id": "output",
                 "datatype": self.datatypes["neuro/anat/t1w"]["_id"],
                 "datatype_tags": [],
                 "tags": [],
-                "meta": {"subject": "0001"},
+                "meta": meta,
                 "subdir": "output",
                 "archive": {"project": project["_id"], "desc": "output"},
                 "files": {},
@@ -648,7 +679,7 @@ class Generator:
             "config": {
                 "_app": self.oid("app", "sample"),
                 "_tid": 0,
-                "_inputs": [],
+                "_inputs": inputs,
                 "_outputs": outputs,
             },
             "deps_config": [],
