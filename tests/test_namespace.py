@@ -103,7 +103,13 @@ def read_all(ns: Namespace, path: str) -> bytes:
         handle.release()
 
 
-PROJECT_SKIP = ("project.json", "processes")
+PROJECT_SKIP = (
+    "project.json",
+    "processes",
+    "object-states.json",
+    "participants.tsv",
+    "participants.json",
+)
 
 
 # --- the top levels -------------------------------------------------------------------------------
