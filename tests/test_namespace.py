@@ -72,8 +72,9 @@ def shown_in_project(emulator, project_name: str) -> list[dict]:
     ]
 
 
-def object_dirs(ns: Namespace, root: str, skip: tuple[str, ...] = ()) -> set[str]:
-    """Relative paths of every `<object-id>/` under `root`, found by listing only."""
+def object_dirs(ns: Namespace, root: str, skip: tuple[str, ...] = ("bids",)) -> set[str]:
+    """Relative paths of every `<object-id>/` under `root` (a release: its `bids/` view aside),
+    found by listing only."""
     found: set[str] = set()
 
     def walk(path: str, rel: str) -> None:
@@ -106,6 +107,7 @@ def read_all(ns: Namespace, path: str) -> bytes:
 PROJECT_SKIP = (
     "project.json",
     "processes",
+    "bids",
     "object-states.json",
     "participants.tsv",
     "participants.json",
