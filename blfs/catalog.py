@@ -50,6 +50,15 @@ def readable(project: dict[str, Any], sub: str | None) -> bool:
     return sub is not None and sub in {str(p) for p in people}
 
 
+def participants_readable(project: dict[str, Any], sub: str | None) -> bool:
+    """The warehouse's rule for a participant table: published, or the user is a member or
+    an admin (API §2 GET /participant)."""
+    if project.get("publishParticipantsInfo"):
+        return True
+    people = [*project.get("members", []), *project.get("admins", [])]
+    return sub is not None and sub in {str(p) for p in people}
+
+
 def label(record: dict[str, Any]) -> str:
     """A process's or task's human name: its name, else its description, else its id."""
     return record.get("name") or record.get("desc") or record["_id"]
@@ -108,7 +117,7 @@ class Catalog:
 
     def projects(self) -> Named[dict[str, Any]]:
         def fetch() -> Named[dict[str, Any]]:
-            sub = token_subject(self._client.tokens.get() if self._client.tokens else None)
+            sub = self._subject()
             shown = [
                 (p["_id"], p.get("name"), p)
                 for p in self._client.projects()
@@ -117,6 +126,9 @@ class Catalog:
             return unique_names(shown)
 
         return self._cache.get("projects", fetch)
+
+    def _subject(self) -> str | None:
+        return token_subject(self._client.tokens.get() if self._client.tokens else None)
 
     def datatypes(self) -> dict[str, dict[str, Any]]:
         return self._cache.get("datatypes", self._client.datatypes)
@@ -139,6 +151,10 @@ class Catalog:
             return build_tree(shown, self.datatypes())
 
         return self._cache.get(("release", release_id), fetch)
+
+    def participants_readable(self, project: dict[str, Any]) -> bool:
+        """Whether this user may read the project's participant table (no request needed)."""
+        return participants_readable(project, self._subject())
 
     def participants(self, project_id: str) -> dict[str, Any] | None:
         """The project's participant table, or None when it is not published to this user."""

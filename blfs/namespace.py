@@ -182,8 +182,9 @@ class Namespace:
 
 
 class ProjectDir(DirNode):
-    """A project: project.json, processes/ and bids/; files made from metadata only when asked
-    for (the published participant table, the objects by state); then its subjects."""
+    """A project: project.json, processes/ and bids/; files made from metadata (the objects by
+    state, the participant table when this user may read it), their requests made only when
+    they are looked up, not when the project is listed; then its subjects."""
 
     def __init__(
         self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float
@@ -194,34 +195,29 @@ class ProjectDir(DirNode):
         self._ns = ns
         self._project = project
 
-    def _made(self, names: Iterable[str]) -> dict[str, Node]:
-        """The made files among `names` that exist (participants only when published)."""
+    def _made_names(self) -> list[str]:
+        readable = self._ns.catalog.participants_readable(self._project)
+        return [STATES, *(PARTICIPANTS if readable else ())]
+
+    def _made(self, name: str) -> Node:
         catalog, project_id, mtime = self._ns.catalog, self._project["_id"], self._attr.mtime
-        made: dict[str, Node] = {}
-        if STATES in names:
-            made[STATES] = JsonFile(catalog.object_states(project_id), mtime)
-        if set(PARTICIPANTS) & set(names):
-            table = catalog.participants(project_id)
-            rows = (table or {}).get("subjects") or []
-            if rows:
-                subjects = [bids.label(row.get("subject")) for row in rows]
-                tsv, sidecar = bids.participants(subjects, table)
-                made["participants.tsv"] = BytesFile(tsv, mtime)
-                if sidecar is not None:
-                    made["participants.json"] = BytesFile(sidecar, mtime)
-        return {name: node for name, node in made.items() if name in names}
+        if name == STATES:
+            return JsonFile(catalog.object_states(project_id), mtime)
+        table = catalog.participants(project_id) or {}
+        rows = table.get("subjects") or []
+        tsv, sidecar = bids.participants([bids.label(r.get("subject")) for r in rows], table)
+        return BytesFile(tsv if name == "participants.tsv" else sidecar or b"{}\n", mtime)
 
     def lookup(self, name: str) -> Node:
-        if name in (STATES, *PARTICIPANTS):
-            made = self._made([name]).get(name)
-            if made is None:
-                raise NotFound(f"no such file: {name}")
-            return made
+        if name in self._made_names():
+            return self._made(name)
         return super().lookup(name)
 
     def entries(self) -> list[tuple[str, Attr]]:
-        made = self._made([STATES, *PARTICIPANTS])
-        return [(name, node.attr()) for name, node in made.items()] + super().entries()
+        # Sizes are known only after the requests, which a listing must not make (the adapter
+        # only uses the type from readdir).
+        made = [(name, Attr(False, 0, self._attr.mtime)) for name in self._made_names()]
+        return made + super().entries()
 
 
 class BranchNode(Node):
