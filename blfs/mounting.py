@@ -26,6 +26,8 @@ log = logging.getLogger("blfs")
 
 # The API check before the mount may wait a request timeout or two (api.Client.timeout).
 READY_TIMEOUT = 90.0
+# The catalog's answers as a mount keeps them on disk, in the cache dir (DESIGN §3).
+METADATA_FILE = "metadata.sqlite3"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -157,7 +159,7 @@ def check_api(client: Client, cache_dir: Path) -> None:
 
 def offline_metadata(cache_dir: Path) -> bool:
     """Whether an earlier mount left listings in `cache_dir` that an offline mount can show."""
-    return False
+    return (cache_dir / METADATA_FILE).is_file()
 
 
 def _serve(options: MountOptions, client: Client) -> None:
