@@ -8,8 +8,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from blfs import demo, mountinfo, mounting, status, units
@@ -19,6 +20,8 @@ from blfs.units import human
 
 if TYPE_CHECKING:
     from blfs.cache import Cache
+
+N = TypeVar("N", int, float)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,15 +42,19 @@ def parse_size(text: str) -> int:
     return size
 
 
+def _number(text: str, kind: Callable[[str], N], valid: Callable[[N], bool], what: str) -> N:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}")
+    return value
+
+
 def parse_ttl(text: str) -> float:
     """Seconds a listing is trusted: finite and not negative (0 asks the server every time)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
-    return seconds
+    return _number(text, float, lambda s: math.isfinite(s) and s >= 0, "a number of seconds")
 
 
 def parse_api_url(text: str) -> str:
@@ -70,13 +77,7 @@ def parse_cache_dir(text: str) -> Path:
 
 
 def parse_parallel(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"not a number of parallel fetches: {text!r}")
-    return count
+    return _number(text, int, lambda count: count >= 1, "a number of parallel fetches")
 
 
 def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:

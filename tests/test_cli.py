@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -177,16 +178,14 @@ def test_prefetch_within_the_bound_warns_of_nothing(mount, emulator):
 def test_a_task_file_download_shows_in_status(mount, emulator):
     task = next(t for t in emulator.db("tasks") if t["status"] == "finished")
     image = mount.path / "tasks" / task["_id"] / "output" / "t1.nii.gz"
-    size = image.stat().st_size
-    emulator.set(bandwidth=size / 8)
-    reader = subprocess.Popen(["cat", str(image)], stdout=subprocess.DEVNULL)
-    try:
+    emulator.set(bandwidth=image.stat().st_size / 8)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(image.read_bytes)
         time.sleep(2)
         shown = mount.blfs("status")
-        assert f"task {task['_id']} file output/t1.nii.gz" in shown.stdout, shown.stdout
-    finally:
-        reader.kill()
-        reader.wait(10)
+        emulator.reset()  # the rest at full speed
+        assert reading.result(60)
+    assert f"task {task['_id']} file output/t1.nii.gz" in shown.stdout, shown.stdout
 
 
 def test_cache_without_cache_dir_covers_the_caches_of_running_mounts(mount, emulator):
