@@ -1,22 +1,31 @@
 """The on-disk cache of complete objects and task files: layout, locks, staging, the size bound.
 
-Layout under the root (all on one filesystem, so a rename is atomic):
+Layout under the root (all on one filesystem, so a rename is atomic; every directory 0700, every
+file 0600 whatever the umask, and an older cache with looser modes is tightened when opened):
     objects/<id>/index.json, objects/<id>/data/…   a complete object (member index + files)
+    objects/<id>/journal                            the members as they arrived (see below)
     tasks/<task_id>/<path>                          a complete task output file
     tmp/<uuid>[.lock]                               staging entries; the lock file holds the
                                                     bytes reserved for it, locked by its writer
     locks/<digest>.fetch | .use, locks/cache.lock   per-key and cache-wide lock files
+    failures/<digest>                               the last failed download of a key (failures.py)
     ledger                                          the complete entries and their sizes (below)
 
-Something is complete only once it has appeared by one `rename` from `tmp/`; nothing else is ever
-written under `objects/` or `tasks/`. Eviction renames an entry back into `tmp/` before deleting it.
+Something is complete only once it has appeared by one `rename` from `tmp/`, with every byte and
+the index synced before; nothing else is ever written under `objects/` or `tasks/`. Eviction
+renames an entry back into `tmp/` before deleting it. Whatever else is found there (a stray file,
+an object dir without a readable index, a file whose size disagrees with its index) is damage:
+it is discarded when seen and fetched again on next use, never served.
 
-Locking is `fcntl.flock`: `<key>.fetch` exclusive while one process downloads that key; `<key>.use`
-shared while a process has the entry open, and taken exclusive (non-blocking) by eviction, which
-skips entries it cannot lock; `cache.lock` exclusive while the cache is scanned, space reserved,
-entries evicted or committed. Locks die with their process. On NFS, Linux maps flock to POSIX
-byte-range locks (so every lock file is opened read-write); that needs a working lock manager.
-Last use is the mtime of `index.json` (objects) or of the file (tasks), set when opened.
+Locking is `fcntl.flock`: `<key>.fetch` exclusive while one process downloads that key, which
+writes the name of its staging entry into that file so other processes can read the members as
+they arrive (`journal` in the staging dir: one JSON line per member header, then the end or the
+failure; bytes present = the sizes of the files); `<key>.use` shared while a process has the
+entry open, and taken exclusive (non-blocking) by eviction, which skips entries it cannot lock;
+`cache.lock` exclusive while the cache is scanned, space reserved, entries evicted or committed.
+Locks die with their process. On NFS, Linux maps flock to POSIX byte-range locks (so every lock
+file is opened read-write); that needs a working lock manager. Last use is the mtime of
+`index.json` (objects) or of the file (tasks), set when opened.
 
 The bound is kept without rescanning the cache: every process holds the sizes of the complete
 entries in memory and learns what other processes committed or evicted from the `ledger`, an
@@ -24,10 +33,10 @@ append-only file of one line per change, written under the cache lock (before a 
 after an eviction's). So each lock session reads only the lines it has not seen, and the worst a
 process killed between the two steps leaves is an entry counted that is not there, dropped when
 eviction reaches it. A process rebuilds the ledger from the disk when it starts (after a power
-loss its tail may be lost) or finds it torn, and compacts it when it has grown long; a new first
-line tells the others to read it again from the start. Eviction order is a heap of last uses as
-last seen, each checked by one stat when it reaches the top (a use only moves an entry later),
-so evicting costs O(log n) per entry rather than a sort of the whole cache.
+loss its tail may be lost) or finds it torn or unreadable, and compacts it when it has grown
+long; a new first line tells the others to read it again from the start. Eviction order is a heap
+of last uses as last seen, each checked by one stat when it reaches the top (a use only moves an
+entry later), so evicting costs O(log n) per entry rather than a sort of the whole cache.
 """
 
 from __future__ import annotations
@@ -48,9 +57,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
+from blfs.failures import Failures
+from blfs.private import FILE_MODE, private_dir, tighten_children, write_private
 
 log = logging.getLogger("blfs.cache")
 
@@ -61,7 +72,7 @@ LOCK_WAIT = 60.0  # bound on waiting for the cache-wide lock or a pin (held for 
 _POLL_MIN, _POLL_MAX = 0.01, 0.2
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _RESERVATION_WIDTH = 20
-T = TypeVar("T")
+_LAYOUT = ("objects", "tasks", "tmp", "locks")
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,7 @@ class FileLock:
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, self._operation | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,6 +145,19 @@ class FileLock:
     def fd(self) -> int:
         assert self._fd is not None, "lock not held"
         return self._fd
+
+    def write_note(self, text: str) -> None:
+        """(Held.) Leaves a line for whoever finds the lock taken: what the holder is doing."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text.encode() + b"\n", 0)
+
+    def read_note(self) -> str:
+        """The holder's note, '' if none (yet)."""
+        try:
+            text = self.path.read_bytes()
+        except OSError:
+            return ""
+        return text.decode(errors="replace").strip() if text.endswith(b"\n") else ""
 
     def release(self, unlink: bool = False) -> None:
         if self._fd is None:
@@ -181,7 +205,7 @@ class Ledger:
                     self.sizes, self.used, self.epoch = {}, 0, self.epoch + 1
                 file.seek(self._offset)
                 tail = file.read()
-        except FileNotFoundError:
+        except OSError:  # missing, or not a readable file
             return None
         if not tail:
             return []
@@ -230,7 +254,9 @@ class Ledger:
         lines = [_record("+", key, size) for key, size in sizes.items()]
         body = name + b"".join(lines)
         temporary = self.path.parent / "tmp" / f"ledger-{uuid.uuid4().hex}"
-        temporary.write_bytes(body)
+        write_private(temporary, body)
+        if self.path.is_dir() and not self.path.is_symlink():
+            shutil.rmtree(self.path)
         os.replace(temporary, self.path)
         self._name, self._offset, self._lines = name, len(body), len(lines)
         self.sizes = dict(sizes)
@@ -248,50 +274,17 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class Staging:
-    """An entry being written under tmp/, with the bytes reserved for it; commit() publishes it."""
+    """An entry being written under tmp/, with the bytes reserved for it (Cache.stage)."""
 
-    def __init__(self, cache: Cache, key: str, path: Path, lock: FileLock, reserved: int) -> None:
-        self.cache = cache
+    def __init__(self, key: str, path: Path, lock: FileLock, reserved: int) -> None:
         self.key = key
         self.path = path
-        self._lock = lock
+        self.lock = lock
         self.reserved = reserved
-        self.written = 0
 
-    def _record(self) -> None:
-        os.pwrite(self._lock.fd, f"{self.reserved:0{_RESERVATION_WIDTH}d}".encode(), 0)
-
-    def add(self, nbytes: int) -> None:
-        """Counts bytes written; reserves more (evicting) when they pass the reservation."""
-        self.written += nbytes
-        if self.written > self.reserved:
-            self.reserved = self.written + max(64 << 20, self.written // 4)
-            with self.cache.locked():
-                self.cache._evict_for(self.reserved, exclude=self.path.name)
-                self._record()
-
-    def commit(self) -> Path:
-        """Renames the staged entry into place (atomically) and returns its final path."""
-        final = self.cache.root / self.key
-        with self.cache.locked():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if self.key.startswith("objects/") and final.exists():
-                shutil.rmtree(self.path, ignore_errors=True)  # another writer finished first
-            else:
-                self.cache._admit(self.key, self.written)
-                os.replace(self.path, final)
-            self._lock.release(unlink=True)
-        self.cache.touch(self.key)
-        return final
-
-    def discard(self) -> None:
-        """Removes whatever was staged; safe to call after commit()."""
-        if self.path.is_dir():
-            shutil.rmtree(self.path, ignore_errors=True)
-        else:
-            with _ignore_missing():
-                os.unlink(self.path)
-        self._lock.release(unlink=True)
+    def record(self) -> None:
+        """(Under the cache lock.) Publishes the reservation to the other processes."""
+        os.pwrite(self.lock.fd, f"{self.reserved:0{_RESERVATION_WIDTH}d}".encode(), 0)
 
 
 class Pin:
@@ -305,17 +298,18 @@ class Pin:
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._cache._unpin(self.key)
+            self._cache.unpin(self.key)
 
 
 class Cache:
-    """A persistent, size-bounded store shared by every mount and process using `root`."""
+    """A persistent, size-bounded store shared by every mount and process using `root`: the
+    bound, the ledger and the eviction order. What is written into an entry is up to its item."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
-        for sub in ("objects", "tasks", "tmp", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        _layout(self.root)
+        self.failures = Failures(self.root / "failures")
         self._mutex = threading.Lock()
         self._cache_mutex = threading.Lock()  # threads queue here rather than poll the flock
         self._pins: dict[str, tuple[int, FileLock]] = {}
@@ -355,14 +349,19 @@ class Cache:
 
     # -- complete entries ------------------------------------------------------------------
     def is_complete(self, key: str) -> bool:
-        return os.path.exists(self.root / key)
+        marker = self.root / key / INDEX if key.startswith("objects/") else self.root / key
+        return os.path.isfile(marker)
 
     def read_index(self, key: str) -> dict[str, Any] | None:
-        """The member index of a complete object, or None if it is not (or no longer) there."""
+        """The member index of a complete object; None if it is not there or not readable."""
         try:
-            return json.loads((self.root / key / INDEX).read_text())
-        except FileNotFoundError:
-            return None
+            index = json.loads((self.root / key / INDEX).read_bytes())
+            members = index["members"]
+            if isinstance(index["bytes"], int) and isinstance(members, list):
+                return index
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
 
     def touch(self, key: str) -> None:
         """Marks an entry as just used (its LRU position)."""
@@ -389,7 +388,8 @@ class Cache:
         self.touch(key)
         return Pin(self, key)
 
-    def _unpin(self, key: str) -> None:
+    def unpin(self, key: str) -> None:
+        """(Pin.release.) The last release of a key trims the cache to its bound."""
         with self._mutex:
             count, lock = self._pins[key]
             if count > 1:
@@ -398,6 +398,13 @@ class Cache:
             del self._pins[key]
             lock.release()
         self.trim()
+
+    def discard_damaged(self, key: str, why: str) -> None:
+        """Removes an entry found damaged (it is fetched again on next use), even if in use:
+        open files stay readable, and nothing may be served from it any more."""
+        log.warning("discarding damaged cache entry %s: %s", key, why)
+        with self.locked():
+            self._remove(key)
 
     # -- staging and space ---------------------------------------------------------------------
     def stage(self, key: str, reserve: int, directory: bool) -> Staging:
@@ -410,34 +417,56 @@ class Cache:
             lock = FileLock(path.with_name(name + ".lock"), exclusive=True)
             if not lock.try_acquire():
                 raise BlfsError(f"cannot lock new staging entry {path}")
-            staging = Staging(self, key, path, lock, reserve)
+            staging = Staging(key, path, lock, reserve)
             try:
-                staging._record()
+                staging.record()
                 if directory:
-                    path.mkdir()
+                    path.mkdir(mode=0o700)
                 else:
-                    path.touch()
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             except OSError as exc:
-                staging.discard()
+                self.discard(staging)
                 raise CacheFull(f"cannot create a staging entry in {self.root}: {exc}") from None
         return staging
 
-    def room(self, what: str, needed: int, write: Callable[[], T]) -> T:
-        """Runs a write; on ENOSPC evicts and retries once, then CacheFull."""
-        try:
-            return write()
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+    def reserve(self, staging: Staging, written: int) -> None:
+        """Sets more aside (evicting) once `written` bytes have passed the reservation."""
+        if written <= staging.reserved:
+            return
+        staging.reserved = written + max(64 << 20, written // 4)
         with self.locked():
-            freed = self._free_disk(needed)
-        log.warning("cache filesystem full while writing %s: evicted %d bytes", what, freed)
-        try:
-            return write()
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise CacheFull(f"no space left in the cache {self.root} for {what}") from None
+            self._evict_for(staging.reserved, exclude=staging.path.name)
+            staging.record()
+
+    def free_disk(self, needed: int) -> int:
+        """Evicts until the filesystem has `needed` bytes free (a full disk); the bytes freed."""
+
+        def enough(_: int) -> bool:
+            stats = os.statvfs(self.root)
+            return stats.f_bavail * stats.f_frsize >= needed + (1 << 20)
+
+        with self.locked():
+            return self._evict_until(enough)
+
+    def commit(self, staging: Staging, size: int) -> Path:
+        """Renames the staged entry into place (atomically) and returns its final path."""
+        final = self.root / staging.key
+        with self.locked():
+            if staging.key.startswith("objects/") and self.read_index(staging.key) is not None:
+                shutil.rmtree(staging.path, ignore_errors=True)  # another writer finished first
+            else:
+                self._remove(staging.key)  # a damaged leftover, if any
+                private_dir(final.parent)
+                self._admit(staging.key, size)
+                os.replace(staging.path, final)
+            staging.lock.release(unlink=True)
+        self.touch(staging.key)
+        return final
+
+    def discard(self, staging: Staging) -> None:
+        """Removes whatever was staged; safe to call after commit()."""
+        _remove_path(staging.path)
+        staging.lock.release(unlink=True)
 
     def trim(self) -> None:
         """Evicts least-recently-used entries until the cache is within its bound."""
@@ -449,15 +478,6 @@ class Cache:
         over = self._ledger.used + self._reservations(exclude) + needed - self.max_bytes
         if over > 0:
             self._evict_until(lambda freed: freed >= over)
-
-    def _free_disk(self, needed: int) -> int:
-        """(Under the cache lock.) Evicts until the filesystem has `needed` bytes free."""
-
-        def enough(_: int) -> bool:
-            stats = os.statvfs(self.root)
-            return stats.f_bavail * stats.f_frsize >= needed + (1 << 20)
-
-        return self._evict_until(enough)
 
     def _evict_until(self, enough: Callable[[int], bool]) -> int:
         """(Under the cache lock.) Evicts unpinned entries, least recently used first, until
@@ -486,7 +506,7 @@ class Cache:
         try:
             return os.stat(marker).st_mtime
         except FileNotFoundError:
-            self._forget(key)
+            self._remove(key)
             return None
 
     def _evict(self, key: str) -> bool:
@@ -498,21 +518,27 @@ class Cache:
             if not lock.try_acquire():
                 return False
         try:
-            doomed = self.root / "tmp" / f"evict-{uuid.uuid4().hex}"
-            try:
-                os.rename(self.root / key, doomed)
-            except FileNotFoundError:
-                self._forget(key)
-                return False
-            self._ledger.append("-", key)
+            removed = self._remove(key)
         finally:
             lock.release(unlink=True)
-        if doomed.is_dir():
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            os.unlink(doomed)
+        if removed:
+            log.info("evicted %s from the cache", key)
+        return removed
+
+    def _remove(self, key: str) -> bool:
+        """(Under the cache lock.) Takes an entry (or a damaged leftover) off the disk and the
+        ledger: renamed into tmp/ first, so it vanishes at once and whole."""
+        doomed = self.root / "tmp" / f"evict-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.root / key, doomed)
+        except (FileNotFoundError, NotADirectoryError):
+            doomed = None
+        if key in self._ledger.sizes:
+            self._ledger.append("-", key)
+        if doomed is None:
+            return False
+        _remove_path(doomed)
         self._remove_empty_parents(self.root / key)
-        log.info("evicted %s from the cache", key)
         return True
 
     def _remove_empty_parents(self, path: Path) -> None:
@@ -534,26 +560,18 @@ class Cache:
             probe = FileLock(lock_path, exclusive=False)
             if probe.try_acquire():
                 try:
-                    self._remove_staging(tmp / name)
+                    _remove_path(tmp / name)
                 finally:
                     probe.release(unlink=True)
                 continue
             live.add(name)
             if name != exclude:
-                with _ignore_missing(), open(lock_path, "rb") as file:
+                with suppress(OSError, ValueError), open(lock_path, "rb") as file:
                     total += int(file.read(_RESERVATION_WIDTH) or 0)
         for path in tmp.iterdir():
             if not path.name.endswith(".lock") and path.name not in live:
-                self._remove_staging(path)
+                _remove_path(path)
         return total
-
-    def _remove_staging(self, path: Path) -> None:
-        if path.is_dir():
-            log.info("removing stale staging %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with _ignore_missing():
-                os.unlink(path)
 
     def _admit(self, key: str, size: int) -> None:
         """(Under the cache lock, before the rename that commits it.) Counts a new entry."""
@@ -564,12 +582,6 @@ class Cache:
                 raise
             raise CacheFull(f"no space left in the cache {self.root} to record {key}") from None
         heapq.heappush(self._order, (0.0, key))
-
-    def _forget(self, key: str) -> None:
-        """(Under the cache lock.) Records an entry found gone without a record (its evictor
-        was killed, or it was removed by hand)."""
-        if key in self._ledger.sizes:
-            self._ledger.append("-", key)
 
     def _catch_up(self) -> None:
         """(Under the cache lock.) Learns what other processes committed and evicted."""
@@ -585,16 +597,17 @@ class Cache:
 
     def _rebuild(self) -> None:
         """(Under the cache lock.) Makes the ledger match the complete entries on disk, taking
-        sizes it already knows from it (entries never change) and the rest from the disk."""
+        sizes it already knows from it (entries never change) and the rest from their index;
+        whatever is not a complete entry is discarded."""
         known = self._ledger.sizes
         sizes = {}
         for child in os.scandir(self.root / "objects"):
             key = f"objects/{child.name}"
-            size = known.get(key)
+            size = self._object_size(key, known, child.is_dir(follow_symlinks=False))
             if size is None:
-                with suppress(FileNotFoundError, ValueError):
-                    size = int((self.read_index(key) or {})["bytes"])
-            if size is not None:
+                log.warning("discarding damaged cache entry %s: no readable index", key)
+                self._remove(key)
+            else:
                 sizes[key] = size
         tasks = self.root / "tasks"
         for directory, _, files in os.walk(tasks):
@@ -606,6 +619,15 @@ class Cache:
         self._ledger.rewrite(sizes)
         self._order = [(0.0, key) for key in sizes]
         heapq.heapify(self._order)
+
+    def _object_size(self, key: str, known: dict[str, int], is_dir: bool) -> int | None:
+        """The size of a complete object on disk; None if it is damaged or not an object."""
+        if not is_dir or not self.is_complete(key):
+            return None
+        if key in known:
+            return known[key]
+        index = self.read_index(key)
+        return None if index is None else index["bytes"]
 
     # -- what the CLI shows --------------------------------------------------------------------
     def usage(self) -> tuple[int, int]:
@@ -624,8 +646,34 @@ class Cache:
         return sorted(entries, key=lambda entry: entry.last_use)
 
     def clear(self, keys: Iterable[str] | None = None) -> list[str]:
-        """Evicts the given entries (default: all); entries in use are skipped. Returns the
-        keys removed."""
+        """Evicts the given entries (default: all) and forgets their failures; entries in use
+        are skipped. Returns the keys removed."""
+        if keys is None:
+            self.failures.forget_all()
+        for key in keys or ():
+            self.failures.forget(key)
         with self.locked():
             wanted = list(self._ledger.sizes) if keys is None else list(keys)
             return [key for key in wanted if self._evict(key)]
+
+
+def _layout(root: Path) -> None:
+    """The cache's directories, owner-only, with anything else found in their place removed."""
+    private_dir(root)
+    for name in _LAYOUT:
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        private_dir(path)
+    tighten_children(root)
+    tighten_children(root / "objects")
+    tighten_children(root / "tasks")
+
+
+def _remove_path(path: Path) -> None:
+    """Removes a file or a whole directory, whichever it is; gone already is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with _ignore_missing():
+            os.unlink(path)

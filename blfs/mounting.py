@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from blfs import mountinfo, status
 from blfs.errors import AccessDenied, BlfsError, RemoteError
+from blfs.private import FILE_MODE, private_dir
 
 if TYPE_CHECKING:
     from blfs.api import Client
@@ -168,13 +169,14 @@ def _serve(options: MountOptions, client: Client) -> None:
 
     from blfs.cache import Cache
     from blfs.catalog import Catalog
-    from blfs.fetch import ObjectFetcher, TaskFiles
+    from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
     from blfs.fuse_ops import BlfsOperations
     from blfs.namespace import Namespace
 
     cache = Cache(options.cache_dir, options.cache_size or default_cache_size(options.cache_dir))
-    objects = ObjectFetcher(cache, client.download_dataset)
-    task_files = TaskFiles(cache, client.download_task_file)
+    downloads = Downloads(cache, stall_timeout=client.timeout)
+    objects = ObjectFetcher(downloads, client.download_dataset)
+    task_files = TaskFiles(downloads, client.download_task_file)
     namespace = Namespace(Catalog(client, ttl=options.ttl), objects, task_files)
     fuse_options: dict[str, str | bool] = {
         "ro": True,
@@ -200,7 +202,7 @@ def _serve(options: MountOptions, client: Client) -> None:
             "cache": {"max": cache.max_bytes},
             "started": time.time(),
         },
-        lambda: {"downloads": objects.progress() + task_files.progress()},
+        lambda: {"downloads": downloads.progress()},
     )
     try:
         mfusepy.FUSE(
@@ -220,7 +222,7 @@ def _serve(options: MountOptions, client: Client) -> None:
 
 def default_cache_size(cache_dir: Path) -> int:
     """A bound that never fills the disk: half of what is free now, at most 50 GiB."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir)
     stats = os.statvfs(cache_dir)
     return min(50 * 2**30, stats.f_bavail * stats.f_frsize // 2)
 
@@ -237,8 +239,9 @@ def spawn(options: MountOptions, log_path: Path) -> list[str]:
     """Starts `blfs mount --foreground` detached and returns, once the mount is ready, the
     warnings it logged while starting. If it does not start, raises with its one-line reason."""
     check_mountpoint(options.mountpoint)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    private_dir(log_path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    with open(os.open(log_path, flags, FILE_MODE), "ab") as log_file:
         start = log_file.tell()
         process = subprocess.Popen(
             options.argv(),

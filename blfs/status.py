@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blfs.private import private_dir
+
 PUBLISH_INTERVAL = 1.0
 
 log = logging.getLogger("blfs")
@@ -44,7 +46,7 @@ class Publisher:
         self._record = {**record, "pid": os.getpid()}
         self._live = live
         self._path = registry_dir() / f"{os.getpid()}.json"
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._path.parent)
         self._stop = threading.Event()
         self._publish()
         self._thread = threading.Thread(target=self._run, name="blfs-status", daemon=True)

@@ -192,7 +192,7 @@ def test_live_staging_is_kept_by_a_new_cache_instance(tmp_path):
     (staging.path / "x").write_bytes(b"partial")
     assert Cache(root, 1 << 30).usage() == (10, 1 << 30)
     assert (staging.path / "x").exists()
-    staging.discard()
+    Cache(root, 1 << 30).discard(staging)
     assert list((root / "tmp").iterdir()) == []
 
 
@@ -202,10 +202,10 @@ def put(cache: Cache, object_id: str, size: int) -> None:
     staging = cache.stage(object_key(object_id), size, directory=True)
     (staging.path / "data").mkdir()
     (staging.path / "data" / "f").write_bytes(b"x" * size)
-    staging.add(size)
+    cache.reserve(staging, size)
     index = {"version": 1, "bytes": size, "members": [["f", size, 0o100444, 0.0]]}
     (staging.path / "index.json").write_text(json.dumps(index))
-    staging.commit()
+    cache.commit(staging, size)
 
 
 def on_disk(root: Path) -> set[str]:

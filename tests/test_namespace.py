@@ -18,7 +18,7 @@ from blfs.auth import TokenStore
 from blfs.cache import Cache
 from blfs.catalog import Catalog
 from blfs.errors import AccessDenied, NotFound, RemoteError
-from blfs.fetch import ObjectFetcher, TaskFiles
+from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
 from blfs.namespace import Namespace
 from blfs.nodes import Attr
 
@@ -32,9 +32,9 @@ def make_namespace(url: str, tmp: Path, token: str | None = None, ttl: float = 6
     if token is not None:
         tokens.save(token)
     client = Client(url, tokens)
-    cache = Cache(tmp / "cache", 1 << 30)
-    objects = ObjectFetcher(cache, client.download_dataset)
-    task_files = TaskFiles(cache, client.download_task_file)
+    downloads = Downloads(Cache(tmp / "cache", 1 << 30))
+    objects = ObjectFetcher(downloads, client.download_dataset)
+    task_files = TaskFiles(downloads, client.download_task_file)
     return Namespace(Catalog(client, ttl=ttl), objects, task_files)
 
 
