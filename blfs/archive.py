@@ -42,11 +42,22 @@ class Archive:
         self.order: list[Member] = []
 
     def fill_from_index(self, index: dict[str, Any], base: Path) -> None:
-        """Publishes every member of a complete object whose files live under `base`."""
+        """Publishes every member of a complete object whose files live under `base`; files
+        already known (and maybe open) are completed in place."""
         for name, size, mode, mtime in index["members"]:
             member = Member(name, size, mode, mtime)
-            file = None if member.is_dir else GrowingFile(base / name, size, size)
-            self.publish(member, file)
+            known = self.files.get(name)
+            if known is not None:
+                self._complete(known, base / name)
+            elif name not in self.members:
+                file = None if member.is_dir else GrowingFile(base / name, size, size)
+                self.publish(member, file)
+
+    def _complete(self, file: GrowingFile, path: Path) -> None:
+        with self.item.cond:
+            file.path = path
+            file.written = file.size or 0
+            self.item.cond.notify_all()
 
     def publish(self, member: Member, file: GrowingFile | None) -> None:
         with self.item.cond:

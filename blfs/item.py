@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from blfs.cache import LOCK_WAIT, Cache, Pin, Staging
-from blfs.errors import BlfsError, CacheFull, RemoteTimeout
+from blfs.errors import BadArchive, BlfsError, CacheFull, RemoteTimeout
 from blfs.private import DIR_MODE, FILE_MODE
 
 log = logging.getLogger("blfs.fetch")
@@ -266,6 +266,8 @@ class FileHandle:
         end = offset + size if file.size is None else min(offset + size, file.size)
         self._item.wait(lambda: file.written >= end, f"byte {end} of {file.path.name}")
         self._item.check()
+        if file.written < end and file.size is not None:
+            raise BadArchive(f"{self._item.describe()}: {file.path.name} ended early")
         want = max(0, min(size, file.written - offset))
         return _pread_all(self._fd, want, offset)
 
