@@ -478,3 +478,60 @@ def test_a_task_file_shorter_than_listed_is_an_error(client, emulator, tmp_path)
         handle.read(0, size + 10)
     handle.release()
     assert not (root / "tasks" / task_id).exists()
+
+
+def test_every_waiter_on_a_stalled_download_fails_at_once_with_one_attempt(
+    client, emulator, objects, tmp_path
+):
+    emulator.put_archive(objects[0], tar_bytes({"a": os.urandom(MiB), "b": b"b"}))
+    emulator.set(stall=[{"path": objects[0], "after": 0, "seconds": 20, "times": 1}])
+    fetcher = new_fetcher(client, tmp_path / "cache", timeout=1.0)
+    ended: list[tuple[float, type]] = []
+    start = time.monotonic()
+
+    def wait_for_member() -> None:
+        try:
+            fetcher.contents(objects[0]).lookup("b")
+        except RemoteTimeout as exc:
+            ended.append((time.monotonic() - start, type(exc)))
+
+    threads = [threading.Thread(target=wait_for_member) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(20)
+    assert len(ended) == 8 and max(seconds for seconds, _ in ended) < 3
+    again = time.monotonic()
+    with pytest.raises(RemoteTimeout):  # remembered: the same errno at once
+        fetcher.contents(objects[0]).lookup("b")
+    assert time.monotonic() - again < 0.5
+    assert downloads(emulator, objects[0]) == 1
+
+
+def test_a_second_process_reads_the_bytes_as_they_arrive(client, emulator, objects, tmp_path, home):
+    data = os.urandom(6 * MiB)
+    emulator.put_archive(objects[0], tar_bytes({"t1.nii.gz": data}))
+    emulator.set(bandwidth=MiB)
+    root = tmp_path / "cache"
+    owner = new_fetcher(client, root)
+    first = owner.contents(objects[0]).open("t1.nii.gz")
+    assert first.read(0, MiB) == data[:MiB]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), objects[0], "t1.nii.gz"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        opened_at = time.monotonic()
+        assert child.stdout.readline().strip() == "open"
+        opened = time.monotonic() - opened_at
+        assert not owner.cached(objects[0])  # opened while the download runs
+        assert child.stdout.readline().strip() == hashlib.sha256(data).hexdigest()
+        assert child.wait(60) == 0
+    finally:
+        child.kill()
+        first.release()
+    assert opened < 4
+    assert downloads(emulator, objects[0]) == 1
