@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_cache_mount import read_object, sized_objects
-from test_fetch import downloads, hostile_tar
+from test_fetch import downloads, hostile_tar, wait_until
 from test_mount import an_object, run
 
 MiB = 1 << 20
@@ -190,6 +190,7 @@ def test_another_user_cannot_read_the_cache_even_with_a_loose_umask(
     (mount.path / "objects" / obj["_id"] / "t1.nii.gz").read_bytes()
     os.listdir(mount.path / "objects" / obj["_id"])
     cached = loose / "objects" / obj["_id"] / "data" / "t1.nii.gz"
+    wait_until(cached.exists, what="the commit")
     for path, mode in [(loose, 0o700), (loose / "objects", 0o700), (cached, 0o600)]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path, oct(mode))
     created = [p for p in loose.rglob("*") if stat.S_IMODE(p.lstat().st_mode) & 0o077]
@@ -224,8 +225,8 @@ def test_a_damaged_cache_is_healed_and_never_serves_a_wrong_file(mount_factory, 
     obj = an_object(emulator)
     first = mount_factory()
     expected = (first.path / "objects" / obj["_id"] / "t1.nii.gz").read_bytes()
-    os.listdir(first.path / "objects" / obj["_id"])
     cache = first.cache_dir
+    wait_until((cache / "objects" / obj["_id"] / "index.json").exists, what="the commit")
     with contextlib.suppress(Exception):
         run("fusermount3", "-u", str(first.path))
     first.process.wait(10)
