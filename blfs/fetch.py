@@ -584,10 +584,5 @@ class TaskFiles:
                 return
             if self._in_flight.get((entry.item.key, entry.final)) is entry:
                 del self._in_flight[(entry.item.key, entry.final)]
-                running = True
-            else:
-                running = False
-        if running:
-            entry.item.fail(Cancelled(f"{entry.item.describe()}: no reader left"))
-        else:
-            entry.item.discard()
+        if not entry.item.fail(Cancelled(f"{entry.item.describe()}: no reader left")):
+            entry.item.discard()  # it had ended: nothing else will drop the copy

@@ -215,7 +215,7 @@ class Item:
         with self.cond:
             final = self.cache.commit(self.staging, size)
             moved(final)
-        self.staging = None
+            self.staging = None
         return final
 
     def fail(self, error: BlfsError) -> bool:
@@ -231,9 +231,10 @@ class Item:
 
     def discard(self) -> None:
         """Removes whatever is still staged (nothing after a commit)."""
-        if self.staging is not None:
-            self.cache.discard(self.staging)
-            self.staging = None
+        with self.cond:
+            staging, self.staging = self.staging, None
+        if staging is not None:
+            self.cache.discard(staging)
 
 
 class FileHandle:
