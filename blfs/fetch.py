@@ -257,7 +257,7 @@ class ObjectFetcher:
                 if staging:
                     self._follow(archive, self._cache.root / "tmp" / staging, lock)
                     return
-                archive.item.check_running()
+                archive.item.watch("another process to start its download")
                 time.sleep(_FOLLOW_POLL)
             lock.write_note("")  # a note left by a killed holder is not ours
             if not self._take_committed(archive):
@@ -356,21 +356,21 @@ class ObjectFetcher:
         try:
             journal = JournalReader(staging / JOURNAL)
         except FileNotFoundError:
-            self._followed_ended(archive, lock)
+            self._followed_ended(archive)
             return
         log.info("reading %s as another process downloads it", item.describe())
         with contextlib.closing(journal):
             follower = _Follower(archive, staging, journal)
             while not follower.step():
                 if not staging.is_dir():
-                    self._followed_ended(archive, lock)
+                    self._followed_ended(archive)
                     return
-                item.check_running()
+                item.watch("the download in another process")
                 time.sleep(_FOLLOW_POLL)
         item.finish()
         self._await_commit(archive, staging, lock)
 
-    def _followed_ended(self, archive: Archive, lock: FileLock) -> None:
+    def _followed_ended(self, archive: Archive) -> None:
         """The followed download ended before its journal said so: taken, or its error."""
         if self._take_committed(archive):
             return

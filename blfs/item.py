@@ -101,6 +101,18 @@ class Item:
                 self.cond.wait(min(self._stall_timeout - idle, _WAKE))
             else:
                 return
+        self._stalled(what)
+
+    def watch(self, what: str) -> None:
+        """For a thread that waits on something else for the item (a lock, another process):
+        raises the item's error, failing it first if it has stalled."""
+        self.check()
+        with self.cond:
+            stalled = self._idle() >= self._stall_timeout
+        if stalled:
+            self._stalled(what)
+
+    def _stalled(self, what: str) -> None:
         self.fail(
             RemoteTimeout(
                 f"no data for {self._stall_timeout:g}s while waiting for {what}"
