@@ -61,7 +61,7 @@ from typing import Any
 
 from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
 from blfs.failures import Failures
-from blfs.private import FILE_MODE, private_dir, tighten_children, write_private
+from blfs.private import DIR_MODE, FILE_MODE, private_dir, tighten_children, write_private
 
 log = logging.getLogger("blfs.cache")
 
@@ -421,7 +421,7 @@ class Cache:
             try:
                 staging.record()
                 if directory:
-                    path.mkdir(mode=0o700)
+                    path.mkdir(mode=DIR_MODE)
                 else:
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             except OSError as exc:
