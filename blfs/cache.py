@@ -95,6 +95,21 @@ def task_key(task_id: str, path: str) -> str:
     return f"tasks/{_checked_id(task_id)}/{'/'.join(parts)}"
 
 
+def lock_path(root: Path, key: str, kind: str) -> Path:
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return root / "locks" / f"{digest}.{kind}"
+
+
+def settled(root: Path, key: str) -> bool:
+    """Whether no process is downloading `key` into the cache at `root` any more (it was
+    committed, or failed): a reader's listing comes before the commit, which is off its path."""
+    probe = FileLock(lock_path(root, key, "fetch"), exclusive=False)
+    if not probe.try_acquire():
+        return False
+    probe.release()
+    return True
+
+
 def _checked_id(identifier: str) -> str:
     if not _SAFE_ID.match(identifier) or identifier in (".", ".."):
         raise NotFound(f"not a valid id: {identifier!r}")
@@ -324,8 +339,7 @@ class Cache:
         return self.root / key
 
     def _lock_path(self, key: str, kind: str) -> Path:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        return self.root / "locks" / f"{digest}.{kind}"
+        return lock_path(self.root, key, kind)
 
     def fetch_lock(self, key: str) -> FileLock:
         """The lock one process holds while it downloads `key`."""

@@ -21,12 +21,12 @@ from queue import Empty, Queue
 from typing import Any, TextIO
 
 from blfs import mounting, status
-from blfs.cache import object_key
+from blfs.cache import object_key, settled
 from blfs.errors import BlfsError
 from blfs.ids import is_object_id
 from blfs.units import human
 
-_STILL_RUNNING = (errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN)
+_STILL_RUNNING = (errno.EINTR, errno.EAGAIN)  # a wait never times out while bytes come
 _EVICTED_SHOWN = 5
 
 
@@ -172,6 +172,8 @@ def _fetch(job: _Job, run: _Run) -> None:
             if exc.errno not in _STILL_RUNNING:
                 job.error = os.strerror(exc.errno or errno.EIO)
                 break
+    while not job.error and not settled(job.cache_dir, job.key):
+        time.sleep(0.05)  # the listing came once verified; the commit follows
     with run.lock:
         job.done = True
     run.finished.put(job)

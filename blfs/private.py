@@ -17,14 +17,19 @@ FILE_MODE = 0o600
 
 
 def private_dir(path: Path) -> Path:
-    """Creates `path` and its missing parents owner-only, and tightens `path` if it existed."""
-    if not path.is_dir():
-        if path.parent != path:
-            private_dir(path.parent)
-        with suppress(FileExistsError):
-            path.mkdir(mode=DIR_MODE)
+    """Creates `path` and its missing parents owner-only, and tightens `path` (only) if it
+    existed: the parents that were there are the user's own business."""
+    _create(path)
     tighten(path)
     return path
+
+
+def _create(path: Path) -> None:
+    if path.is_dir():
+        return
+    _create(path.parent)
+    with suppress(FileExistsError):
+        path.mkdir(mode=DIR_MODE)
 
 
 def tighten(path: Path | str) -> None:

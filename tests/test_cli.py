@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mount_fixtures import require_fuse, user_env
 from test_cache_mount import MiB, sized_objects
+from test_fetch import wait_for_commit
 from test_mount import an_object, shown_objects
 
 from blfs import mountinfo, status
@@ -191,7 +192,7 @@ def test_a_task_file_download_shows_in_status(mount, emulator):
 def test_cache_without_cache_dir_covers_the_caches_of_running_mounts(mount, emulator):
     obj = an_object(emulator)
     (mount.path / "objects" / obj["_id"] / "t1.nii.gz").read_bytes()
-    os.listdir(mount.path / "objects" / obj["_id"])  # returns once the object is committed
+    wait_for_commit(mount.cache_dir, obj["_id"])
     listing = mount.blfs("cache", "ls")
     assert listing.returncode == 0, listing.stderr
     assert f"objects/{obj['_id']}" in listing.stdout

@@ -197,6 +197,7 @@ def test_another_user_cannot_read_the_cache_even_with_a_loose_umask(
     assert created == []
     assert as_nobody("cat", str(cached)).returncode != 0
     assert as_nobody("ls", str(loose)).returncode != 0
+    assert stat.S_IMODE(shared_dir.stat().st_mode) == 0o755  # the user's own dirs are left alone
 
 
 # -- item 5: a cache that heals itself ------------------------------------------------------------

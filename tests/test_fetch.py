@@ -19,7 +19,7 @@ import pytest
 
 from blfs.api import Client
 from blfs.auth import TokenStore
-from blfs.cache import Cache, object_key
+from blfs.cache import Cache, object_key, settled
 from blfs.errors import AccessDenied, BadArchive, NotFound, RemoteError, RemoteTimeout
 from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
 
@@ -33,7 +33,7 @@ import hashlib, sys
 from pathlib import Path
 from blfs.api import Client
 from blfs.auth import TokenStore
-from blfs.cache import Cache, object_key
+from blfs.cache import Cache, object_key, settled
 from blfs.fetch import Downloads, ObjectFetcher
 url, home, cache_dir, object_id, member = sys.argv[1:6]
 client = Client(url, TokenStore(url, home=Path(home)))
@@ -82,6 +82,12 @@ def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> Non
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def wait_for_commit(cache_dir: Path, object_id: str) -> None:
+    """Waits until no process downloads the object into `cache_dir` any more: a listing is
+    answered as soon as the archive is verified, before the commit."""
+    wait_until(lambda: settled(cache_dir, object_key(object_id)), what="the commit")
 
 
 @pytest.fixture

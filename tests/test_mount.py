@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_fetch import DOWNLOAD, downloads, hostile_tar, tar_bytes
+from test_fetch import DOWNLOAD, downloads, hostile_tar, tar_bytes, wait_for_commit
 
 from blfs import mountinfo
 
@@ -212,7 +212,7 @@ def test_cache_survives_unmount(mount_factory, emulator):
     obj = an_object(emulator, "neuro/func/task")
     first = mount_factory()
     data = (first.path / "objects" / obj["_id"] / "events.tsv").read_bytes()
-    os.listdir(first.path / "objects" / obj["_id"])  # returns once the object is committed
+    wait_for_commit(first.cache_dir, obj["_id"])
     assert run("fusermount3", "-u", str(first.path)).returncode == 0
     first.process.wait(10)
     emulator.clear_requests()
