@@ -42,9 +42,7 @@ entry later), so evicting costs O(log n) per entry rather than a sort of the who
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
-import heapq
 import json
 import logging
 import os
@@ -60,8 +58,11 @@ from pathlib import Path
 from typing import Any
 
 from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
+from blfs.eviction import EvictionOrder
 from blfs.failures import Failures
-from blfs.private import DIR_MODE, FILE_MODE, private_dir, tighten_children, write_private
+from blfs.ledger import Ledger
+from blfs.locks import FileLock
+from blfs.private import DIR_MODE, FILE_MODE, private_dir, tighten_children
 
 log = logging.getLogger("blfs.cache")
 
@@ -69,7 +70,6 @@ INDEX = "index.json"
 LEDGER = "ledger"
 DATA = "data"
 LOCK_WAIT = 60.0  # bound on waiting for the cache-wide lock or a pin (held for milliseconds)
-_POLL_MIN, _POLL_MAX = 0.01, 0.2
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _RESERVATION_WIDTH = 20
 _LAYOUT = ("objects", "tasks", "tmp", "locks")
@@ -116,178 +116,6 @@ def _checked_id(identifier: str) -> str:
     return identifier
 
 
-class FileLock:
-    """An flock on a lock file that is verified to still be the file at its path once locked
-    (an exclusive holder may unlink it, as eviction and finished downloads do)."""
-
-    def __init__(self, path: Path, exclusive: bool) -> None:
-        self.path = path
-        self._operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        try:
-            fcntl.flock(fd, self._operation | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        try:
-            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
-            return self.try_acquire()
-        self._fd = fd
-        return True
-
-    def acquire(
-        self, deadline: float, what: str, ready: Callable[[], bool] = lambda: False
-    ) -> bool:
-        """Polls until locked (True) or `ready()` (False); RemoteTimeout at the deadline."""
-        pause = _POLL_MIN
-        while not self.try_acquire():
-            if ready():
-                return False
-            if time.monotonic() >= deadline:
-                raise RemoteTimeout(f"timed out waiting for {what}")
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-        return True
-
-    @property
-    def fd(self) -> int:
-        assert self._fd is not None, "lock not held"
-        return self._fd
-
-    def write_note(self, text: str) -> None:
-        """(Held.) Leaves a line for whoever finds the lock taken: what the holder is doing."""
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, text.encode() + b"\n", 0)
-
-    def read_note(self) -> str:
-        """The holder's note, '' if none (yet)."""
-        try:
-            text = self.path.read_bytes()
-        except OSError:
-            return ""
-        return text.decode(errors="replace").strip() if text.endswith(b"\n") else ""
-
-    def release(self, unlink: bool = False) -> None:
-        if self._fd is None:
-            return
-        if unlink:
-            with _ignore_missing():
-                os.unlink(self.path)
-        os.close(self._fd)
-        self._fd = None
-
-
-def _ignore_missing() -> suppress:
-    return suppress(FileNotFoundError)
-
-
-class Ledger:
-    """The shared record of complete entries and their sizes, replayed incrementally.
-
-    The first line names this version of the file (a new one on every rewrite); each further
-    line is a JSON `["+", key, size]` or `["-", key, 0]`. All methods run under the cache lock.
-    """
-
-    _MAGIC = b"blfs-ledger-1 "
-    compact_after = 10_000  # lines beyond twice the entries that make a rewrite worthwhile
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sizes: dict[str, int] = {}
-        self.used = 0
-        self.epoch = 0  # bumped whenever `sizes` is replaced by another process's rewrite
-        self._name: bytes | None = None
-        self._offset = 0
-        self._lines = 0
-
-    def catch_up(self) -> list[str] | None:
-        """Applies the lines appended since the last call and returns the keys they added
-        (all keys, with a new epoch, if the file was rewritten); None if it is missing or torn."""
-        try:
-            with open(self.path, "rb") as file:
-                name = file.readline()
-                if not name.startswith(self._MAGIC) or not name.endswith(b"\n"):
-                    return None
-                if name != self._name:
-                    self._name, self._offset, self._lines = name, len(name), 0
-                    self.sizes, self.used, self.epoch = {}, 0, self.epoch + 1
-                file.seek(self._offset)
-                tail = file.read()
-        except OSError:  # missing, or not a readable file
-            return None
-        if not tail:
-            return []
-        if not tail.endswith(b"\n"):
-            return None  # a writer was killed mid-line
-        added = []
-        try:
-            for line in tail.splitlines():
-                op, key, size = json.loads(line)
-                self._apply(op, key, int(size))
-                if op == "+":
-                    added.append(key)
-        except (ValueError, TypeError):
-            return None
-        self._offset += len(tail)
-        return added
-
-    def _apply(self, op: str, key: str, size: int) -> None:
-        self._lines += 1
-        self.used -= self.sizes.pop(key, 0)
-        if op == "+":
-            self.sizes[key] = size
-            self.used += size
-        elif op != "-":
-            raise ValueError(f"unknown ledger operation {op!r}")
-
-    def append(self, op: str, key: str, size: int = 0) -> None:
-        """Records a commit ("+") or an eviction ("-"); compacts the file when it has grown long."""
-        line = _record(op, key, size)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        try:
-            _write_all(fd, line)
-        finally:
-            os.close(fd)
-        self._offset += len(line)
-        self._apply(op, key, size)
-        if self._lines > 2 * len(self.sizes) + self.compact_after:
-            try:
-                self.rewrite(self.sizes)
-            except OSError as exc:  # e.g. a full disk: the long file is still right
-                log.warning("cannot compact the cache ledger %s: %s", self.path, exc)
-
-    def rewrite(self, sizes: dict[str, int]) -> None:
-        """Replaces the file (atomically, under a new name) with one line per entry."""
-        name = self._MAGIC + uuid.uuid4().hex.encode() + b"\n"
-        lines = [_record("+", key, size) for key, size in sizes.items()]
-        body = name + b"".join(lines)
-        temporary = self.path.parent / "tmp" / f"ledger-{uuid.uuid4().hex}"
-        write_private(temporary, body)
-        if self.path.is_dir() and not self.path.is_symlink():
-            shutil.rmtree(self.path)
-        os.replace(temporary, self.path)
-        self._name, self._offset, self._lines = name, len(body), len(lines)
-        self.sizes = dict(sizes)
-        self.used = sum(sizes.values())
-
-
-def _record(op: str, key: str, size: int) -> bytes:
-    return json.dumps([op, key, size], separators=(",", ":")).encode() + b"\n"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class Staging:
     """An entry being written under tmp/, with the bytes reserved for it (Cache.stage)."""
 
@@ -329,7 +157,7 @@ class Cache:
         self._cache_mutex = threading.Lock()  # threads queue here rather than poll the flock
         self._pins: dict[str, tuple[int, FileLock]] = {}
         self._ledger = Ledger(self.root / LEDGER)
-        self._order: list[tuple[float, str]] = []  # (last use as last seen, key): a heap
+        self._order = EvictionOrder(self._last_use)
         with self.locked():
             self._rebuild()
             self._reservations(exclude=None)  # removes staging left by killed processes
@@ -380,7 +208,7 @@ class Cache:
     def touch(self, key: str) -> None:
         """Marks an entry as just used (its LRU position)."""
         marker = self.root / key / INDEX if key.startswith("objects/") else self.root / key
-        with _ignore_missing():
+        with suppress(FileNotFoundError):
             os.utime(marker)
 
     def pin(self, key: str, deadline: float) -> Pin:
@@ -496,23 +324,7 @@ class Cache:
     def _evict_until(self, enough: Callable[[int], bool]) -> int:
         """(Under the cache lock.) Evicts unpinned entries, least recently used first, until
         `enough(bytes freed)`; returns the bytes freed."""
-        freed = 0
-        in_use = []
-        while self._order and not enough(freed):
-            seen, key = heapq.heappop(self._order)
-            size = self._ledger.sizes.get(key)
-            if size is None:
-                continue  # evicted since it was queued
-            last_use = self._last_use(key)
-            if last_use is not None and last_use > seen:
-                heapq.heappush(self._order, (last_use, key))  # used since: not the oldest
-            elif last_use is None or self._evict(key):
-                freed += size
-            else:
-                in_use.append((seen, key))
-        for item in in_use:
-            heapq.heappush(self._order, item)
-        return freed
+        return self._order.evict_until(self._ledger.sizes, self._evict, enough)
 
     def _last_use(self, key: str) -> float | None:
         """The mtime that marks an entry's last use; None (and recorded) if it is gone."""
@@ -595,7 +407,7 @@ class Cache:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise CacheFull(f"no space left in the cache {self.root} to record {key}") from None
-        heapq.heappush(self._order, (0.0, key))
+        self._order.add(key)
 
     def _catch_up(self) -> None:
         """(Under the cache lock.) Learns what other processes committed and evicted."""
@@ -605,9 +417,9 @@ class Cache:
             self._rebuild()
             return
         if self._ledger.epoch != epoch:
-            self._order = []
+            self._order.reset(())
         for key in added:
-            heapq.heappush(self._order, (0.0, key))
+            self._order.add(key)
 
     def _rebuild(self) -> None:
         """(Under the cache lock.) Makes the ledger match the complete entries on disk, taking
@@ -628,11 +440,10 @@ class Cache:
             for name in files:
                 path = os.path.join(directory, name)
                 key = "tasks/" + os.path.relpath(path, tasks)
-                with _ignore_missing():
+                with suppress(FileNotFoundError):
                     sizes[key] = known[key] if key in known else os.stat(path).st_size
         self._ledger.rewrite(sizes)
-        self._order = [(0.0, key) for key in sizes]
-        heapq.heapify(self._order)
+        self._order.reset(sizes)
 
     def _object_size(self, key: str, known: dict[str, int], is_dir: bool) -> int | None:
         """The size of a complete object on disk; None if it is damaged or not an object."""
@@ -689,5 +500,5 @@ def _remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with _ignore_missing():
+        with suppress(FileNotFoundError):
             os.unlink(path)

@@ -23,10 +23,11 @@ from typing import Any, Protocol
 import cachetools
 
 from blfs.archive import JOURNAL, Archive, JournalReader, JournalWriter
-from blfs.cache import DATA, INDEX, Cache, FileLock, Pin, object_key, task_key
+from blfs.cache import DATA, INDEX, Cache, Pin, object_key, task_key
 from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError
 from blfs.extract import ArchiveStream, CountingReader, Member
 from blfs.item import CHUNK, Cancelled, FileHandle, GrowingFile, Item, Source
+from blfs.locks import FileLock
 from blfs.nodes import Handle
 from blfs.private import write_private
 
