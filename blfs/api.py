@@ -225,7 +225,7 @@ class Client:
 
     def object_files(self, project_id: str, dataset_id: str) -> dict[str, int] | None:
         """The size of every file of a data-object stored on S3, by its path inside the object;
-        None when the project is not on S3 (HTTP 400).
+        None when the project is not on S3 (HTTP 400); 403 and 404 raise as usual.
 
         The S3 "files" API (API §2) as the 2026 `bl` CLI calls it (`util.js#listWarehouseFiles`,
         `bl-data-query.js --s3`): `GET /files/<project>/<prefix>?limit=&continuationToken=`,
@@ -243,9 +243,11 @@ class Client:
         try:
             while folders:
                 folder = folders.pop()
-                for page in self._files_pages(project_id, f"{dataset_id}/{folder}"):
-                    sizes |= {folder + n: int(o["Size"]) for n, o in _named(page, "objects")}
-                    folders += [f"{folder}{n}/" for n, _ in _named(page, "folders")]
+                prefix = f"{dataset_id}/{folder}"
+                for page in self._files_pages(project_id, prefix):
+                    files = _named(page, "objects", prefix)
+                    sizes |= {folder + name: int(row["Size"]) for name, row in files}
+                    folders += [f"{folder}{name}/" for name, _ in _named(page, "folders", prefix)]
         except BadRequest:
             return None
         return sizes
@@ -255,7 +257,6 @@ class Client:
         params: dict[str, Any] = {"limit": self.page_size}
         while True:
             page = self._get_json(url, params, Auth.REQUIRED)
-            page["prefix"] = page.get("prefix") or prefix
             yield page
             if not page.get("isTruncated") or not page.get("nextContinuationToken"):
                 return
@@ -552,9 +553,9 @@ def _tls_failure(url: str, exc: requests.exceptions.SSLError) -> str:
     )
 
 
-def _named(page: dict[str, Any], key: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A files-API page's `objects` or `folders` by name relative to the page's prefix."""
-    prefix = page["prefix"]
+def _named(page: dict[str, Any], key: str, asked: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A files-API page's `objects` or `folders` by name relative to the prefix listed."""
+    prefix = page.get("prefix") or asked
     for row in page.get(key) or []:
         name = str(row["Name"]).removeprefix(prefix).strip("/")
         if name:

@@ -336,9 +336,6 @@ class Member(Node):
             return True
         return False
 
-    def _where(self) -> str:
-        return f"{self._relpath!r} of object {self._record['_id']}"
-
     def lookup(self, name: str) -> Node:
         return Member(self._ns, self._record, f"{self._relpath}/{name}" if self._relpath else name)
 
@@ -350,7 +347,8 @@ class Member(Node):
         contents = self._contents()
         listed = (self._ns.catalog.known_member_sizes(self._record) or {}).get(self._relpath)
         if listed is not None:
-            _check_listed_size(contents.lookup(self._relpath), listed, self._where())
+            where = f"{self._relpath!r} of object {self._record['_id']}"
+            _check_listed_size(contents.lookup(self._relpath), listed, where)
         return contents.open(self._relpath)
 
 
