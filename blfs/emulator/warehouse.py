@@ -202,17 +202,17 @@ def routes(app: App) -> list:
         of a project's `s3fs` objects; 400 for a project not on S3, the download's ACL."""
         claims = app.user(request)
         project_id = check_object_id(request.params["project"], "_id", "Projects")
-        if store.one("projects", {"_id": project_id}) is None:
-            raise ApiError("couldn't find the project specified", 404)
-        on_s3 = {"project": project_id, "storage": s3files.S3_STORAGE, "status": "stored"}
-        objects = store.find("datasets", on_s3, {"_id": 1})
-        if not objects:
-            raise ApiError("this project's files are not stored on S3", 400)
         prefix = request.params.get("prefix", "")
         object_id = prefix.strip("/").partition("/")[0]
+        on_s3 = {"project": project_id, "storage": s3files.S3_STORAGE, "status": "stored"}
         dataset = store.one("datasets", {**on_s3, "_id": object_id}) if object_id else None
+        objects = [dataset] if dataset else store.find("datasets", on_s3, {"_id": 1})
+        if not objects:
+            if store.one("projects", {"_id": project_id}) is None:
+                raise ApiError("couldn't find the project specified", 404)
+            raise ApiError("this project's files are not stored on S3", 400)
         check_download_access(claims, dataset or {"project": project_id})
-        listed = [dataset] if dataset else [] if object_id else objects
+        listed = [] if object_id and dataset is None else objects
         keys = {
             f"{d['_id']}/{name}": file
             for d in listed
