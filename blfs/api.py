@@ -23,7 +23,14 @@ import requests
 import urllib3
 
 from blfs.auth import TokenStore, claims
-from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError, RemoteTimeout
+from blfs.errors import (
+    AccessDenied,
+    BadRequest,
+    BlfsError,
+    NotFound,
+    RemoteError,
+    RemoteTimeout,
+)
 from blfs.ids import is_object_id
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,8 @@ def _classify(response: requests.Response) -> _Failure:
         return _Failure(AccessDenied(f"no access: {message} ({url})"))
     if status == 404 or _NOT_FOUND.search(message):
         return _Failure(NotFound(f"not found: {message} ({url})"))
+    if status == 400:
+        return _Failure(BadRequest(f"{url} failed: HTTP 400: {message}"))
     retryable = status >= 500 and not _PERMANENT.search(message)
     return _Failure(RemoteError(f"{url} failed: HTTP {status}: {message}"), retryable)
 
@@ -213,6 +222,45 @@ class Client:
         AccessDenied unless it is published or the user is a member or admin."""
         _check_id(project_id, "project")
         return self._get_json(f"{self._warehouse}/participant/{project_id}", {}, Auth.OPTIONAL)
+
+    def object_files(self, project_id: str, dataset_id: str) -> dict[str, int] | None:
+        """The size of every file of a data-object stored on S3, by its path inside the object;
+        None when the project is not on S3 (HTTP 400); 403 and 404 raise as usual.
+
+        The S3 "files" API (API §2) as the 2026 `bl` CLI calls it (`util.js#listWarehouseFiles`,
+        `bl-data-query.js --s3`): `GET /files/<project>/<prefix>?limit=&continuationToken=`,
+        pages chained by `nextContinuationToken` while `isTruncated`, each `{objects: [{Name,
+        Size}], folders: [{Name}]}`, folders printed by the CLI as `Name + "/"`. A project's
+        root is `archive/<project>/`, where app-archive copies an `s3fs` object's files to
+        `<object>/<path>`, so an object's prefix is its id (inferred). The listing is delimited
+        like S3's, so folders are listed in turn (inferred from `folders`). A `Name` is taken
+        relative to the listed prefix, with the prefix removed if it is a full key (inferred).
+        """
+        _check_id(project_id, "project")
+        _check_id(dataset_id, "data-object")
+        sizes: dict[str, int] = {}
+        folders = [""]
+        try:
+            while folders:
+                folder = folders.pop()
+                prefix = f"{dataset_id}/{folder}"
+                for page in self._files_pages(project_id, prefix):
+                    files = _named(page, "objects", prefix)
+                    sizes |= {folder + name: int(row["Size"]) for name, row in files}
+                    folders += [f"{folder}{name}/" for name, _ in _named(page, "folders", prefix)]
+        except BadRequest:
+            return None
+        return sizes
+
+    def _files_pages(self, project_id: str, prefix: str) -> Iterator[dict[str, Any]]:
+        url = f"{self._warehouse}/files/{project_id}/{quote(prefix.rstrip('/'))}"
+        params: dict[str, Any] = {"limit": self.page_size}
+        while True:
+            page = self._get_json(url, params, Auth.REQUIRED)
+            yield page
+            if not page.get("isTruncated") or not page.get("nextContinuationToken"):
+                return
+            params = {**params, "continuationToken": page["nextContinuationToken"]}
 
     def download_dataset(self, dataset_id: str) -> Download:
         _check_id(dataset_id, "data-object")
@@ -503,6 +551,15 @@ def _tls_failure(url: str, exc: requests.exceptions.SSLError) -> str:
         f"TLS verification failed for {urlsplit(url).netloc} ({detail}); if it uses a private CA,"
         f" give its bundle in {variables}=/path/to/ca.pem"
     )
+
+
+def _named(page: dict[str, Any], key: str, asked: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A files-API page's `objects` or `folders` by name relative to the prefix listed."""
+    prefix = page.get("prefix") or asked
+    for row in page.get(key) or []:
+        name = str(row["Name"]).removeprefix(prefix).strip("/")
+        if name:
+            yield name, row
 
 
 def _check_id(value: str, what: str) -> None:

@@ -30,11 +30,10 @@ _PREFIX = 8
 
 @dataclass(frozen=True)
 class Member:
-    """A BIDS file that is a member of an object's archive (`size`: the archive's, if known)."""
+    """A BIDS file that is a member of an object's archive (`record`: the object's)."""
 
-    object_id: str
+    record: Mapping[str, Any]
     member: str
-    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ def object_files(
                 continue
             member = resolve_source(str(entry["src"]), datatype)
             if member is not None:
-                files[path] = Member(str(record["_id"]), member, record.get("size"))
+                files[path] = Member(record, member)
     return files
 
 

@@ -4,41 +4,40 @@ and each data file as the archive member it stands for.
 Data files are regular files, not symlinks into the object directories: listing and walking
 (`find`, `os.walk`, whose `is_dir()` would follow a link, `glob`) then use only the file type
 that a listing gives, never a size, so they cost no download; reading one fetches its object as
-everywhere else, into the same cache. A data file's size is its member's, known once the object's
-archive has passed that member's header: `stat` of a data file fetches its object. A mapped member
-that the archive turns out not to hold reads as ENOENT and is hidden from listings once the archive
-is known, never an empty or wrong file.
+everywhere else, into the same cache. A data file's size is its member's: for an object stored on
+S3 it comes from the object's file listing (one request, no download), so `stat` and pybids
+indexing fetch no archive; for an archive-stored object it is known once the archive has passed
+that member's header, so `stat` of such a data file fetches its object. A mapped member that the
+object turns out not to hold (absent from its listing or its archive) reads as ENOENT and is
+hidden from listings once that is known, never an empty or wrong file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from blfs.bids import Dataset, Entry, Generated, Member
 from blfs.errors import NotFound
 from blfs.nodes import Attr, BytesFile, Node, directory
 
-if TYPE_CHECKING:
-    from blfs.fetch import ObjectFetcher
-
 
 class BidsDir(Node):
     """A directory of a BIDS view; `relpath` '' is the dataset's top. A data file is the node
-    `member_node` makes for its archive member (the object directory's own member node)."""
+    `member_node` makes for its archive member (the object directory's own member node), left
+    out of listings once `known_missing` says the object lacks it."""
 
     def __init__(
         self,
         dataset: Callable[[], Dataset],
-        objects: ObjectFetcher,
         member_node: Callable[[Member], Node],
+        known_missing: Callable[[Member], bool],
         relpath: str = "",
         mtime: float = 0.0,
     ) -> None:
         super().__init__(directory(mtime))
         self._dataset = dataset
-        self._objects = objects
         self._member_node = member_node
+        self._known_missing = known_missing
         self._relpath = relpath
 
     def _children(self) -> dict[str, Entry | None]:
@@ -54,7 +53,9 @@ class BidsDir(Node):
         entry = children[name]
         if entry is None:
             path = f"{self._relpath}/{name}" if self._relpath else name
-            return BidsDir(self._dataset, self._objects, self._member_node, path, self._attr.mtime)
+            return BidsDir(
+                self._dataset, self._member_node, self._known_missing, path, self._attr.mtime
+            )
         return self._file(entry)
 
     def entries(self) -> list[tuple[str, Attr]]:
@@ -69,13 +70,3 @@ class BidsDir(Node):
         if isinstance(entry, Generated):
             return BytesFile(entry.data, self._attr.mtime)
         return self._member_node(entry)
-
-    def _known_missing(self, member: Member) -> bool:
-        """Whether the object is cached and lacks the member (asked of the cache, no download)."""
-        if not self._objects.cached(member.object_id):
-            return False
-        try:
-            self._objects.contents(member.object_id).lookup(member.member)
-        except NotFound:
-            return True
-        return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 STATE_SELECT = "project status status_msg meta datatype create_date"
 # A finished task's output never changes: its listings are kept this long (or `ttl` if longer).
 FINISHED_TASK_TTL = 24 * 3600.0
+# The `storage` of objects whose files are stored one by one on S3 (API §2), listed with sizes.
+S3_STORAGE = "s3fs"
 
 
 def token_subject(token: str | None) -> str | None:
@@ -102,6 +104,11 @@ def _not_shown(record: dict[str, Any], datatypes: dict[str, dict[str, Any]]) -> 
         "session": meta.get("session"),
         "create_date": record.get("create_date"),
     }
+
+
+def on_s3(record: Mapping[str, Any]) -> bool:
+    """Whether an object's files are on S3: then its `size` is their total, not an archive's."""
+    return record.get("storage") == S3_STORAGE
 
 
 def is_finished(task: dict[str, Any]) -> bool:
@@ -297,6 +304,25 @@ class Catalog:
             return json_bytes({"product": self._client.product(object_id)})
 
         return self._cache.get(("product", object_id), fetch, ttl=float("inf"))
+
+    def member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
+        """An S3-stored object's file sizes by path, from one listing (no download) kept for
+        good (the files of a stored object never change); None, without a request, for other
+        storages, and when the listing is refused or missing (the download then decides)."""
+        if not on_s3(record) or not record.get("project"):
+            return None
+
+        def fetch() -> dict[str, int] | None:
+            try:
+                return self._client.object_files(record["project"], record["_id"])
+            except (AccessDenied, NotFound):
+                return None
+
+        return self._cache.get(("member_sizes", record["_id"]), fetch, ttl=float("inf"))
+
+    def known_member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
+        """The object's file sizes if they were already listed: never makes the request."""
+        return self._cache.peek(("member_sizes", record["_id"]))
 
     def known_product_bytes(self, object_id: str) -> bytes | None:
         """`_product.json` if it was already fetched: a listing must not make the request."""

@@ -25,12 +25,22 @@ class RemoteError(BlfsError):
     errno = errno.EIO
 
 
+class BadRequest(RemoteError):
+    """The server refused the request itself (HTTP 400): asking again cannot help."""
+
+
 class RemoteTimeout(RemoteError):
     errno = errno.ETIMEDOUT
 
 
 class BadArchive(BlfsError):
     """A download was truncated, malformed or hostile; nothing of it is kept."""
+
+    errno = errno.EIO
+
+
+class SizeMismatch(BlfsError):
+    """An archive member whose size differs from the one its object's file listing gave."""
 
     errno = errno.EIO
 

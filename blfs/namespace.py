@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blfs import bids
 from blfs.bids_nodes import BidsDir
-from blfs.catalog import Catalog, is_finished
-from blfs.errors import NotFound
+from blfs.catalog import Catalog, is_finished, on_s3
+from blfs.errors import NotFound, SizeMismatch
 from blfs.ids import is_object_id
 from blfs.names import Named, unique_names
 from blfs.nodes import (
@@ -155,11 +155,13 @@ class Namespace:
     def _bids_dir(self, dataset: Callable[[], bids.Dataset], mtime: float) -> Node:
         """A BIDS view (DESIGN §1.2) whose data files are their objects' member nodes."""
 
-        def member(entry: bids.Member) -> Node:
-            record = {"_id": entry.object_id, "size": entry.size}
-            return Member(self, record, entry.member)
+        def member(entry: bids.Member) -> Member:
+            return Member(self, entry.record, entry.member)
 
-        return BidsDir(dataset, self.objects, member, mtime=mtime)
+        def known_missing(entry: bids.Member) -> bool:
+            return member(entry).known_missing()
+
+        return BidsDir(dataset, member, known_missing, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         mtime = timestamp(instance.get("create_date"))
@@ -253,7 +255,7 @@ class BranchNode(Node):
         ]
 
 
-def _created(record: dict[str, Any]) -> float:
+def _created(record: Mapping[str, Any]) -> float:
     return timestamp(record.get("create_date"))
 
 
@@ -290,20 +292,49 @@ class ObjectDir(Node):
 
 
 class Member(Node):
-    """A path inside an object's archive: every call goes to the object fetcher."""
+    """A path inside an object's archive. Its attributes come from its object's S3 file listing
+    while the archive is not local (so `stat` downloads nothing) and whenever that listing is
+    known, so that a size once shown never changes (DESIGN §9); otherwise, and for every read,
+    from the object fetcher."""
 
-    def __init__(self, ns: Namespace, record: dict[str, Any], relpath: str) -> None:
-        super().__init__(Attr(False))  # unknown until the archive's header is seen: see attr()
+    def __init__(self, ns: Namespace, record: Mapping[str, Any], relpath: str) -> None:
+        super().__init__(Attr(False))  # unknown until the listing or the archive says: see attr()
         self._ns = ns
         self._record = record
         self._relpath = relpath
 
     def _contents(self) -> ObjectContents:
         record = self._record
-        return self._ns.objects.contents(record["_id"], expected_size=record.get("size"))
+        archive_size = None if on_s3(record) else record.get("size")  # else the files' total
+        return self._ns.objects.contents(record["_id"], expected_size=archive_size)
+
+    def _listed_sizes(self) -> dict[str, int] | None:
+        """The listing, when it decides: asked for while the archive is not local, then used
+        for as long as it is known."""
+        catalog, record = self._ns.catalog, self._record
+        known = catalog.known_member_sizes(record)
+        if known is not None or self._ns.objects.cached(record["_id"]):
+            return known
+        return catalog.member_sizes(record)
 
     def attr(self) -> Attr:
+        sizes = self._listed_sizes()
+        if sizes is not None:
+            return _listed_attr(sizes, self._relpath, _created(self._record))
         return _member_attr(self._contents().lookup(self._relpath))
+
+    def known_missing(self) -> bool:
+        """Whether the object is known to lack this path, asking neither the server nor for a
+        download: its listing is known, or its archive is local."""
+        record = self._record
+        known = self._ns.catalog.known_member_sizes(record) is not None
+        if not known and not self._ns.objects.cached(record["_id"]):
+            return False
+        try:
+            self.attr()
+        except NotFound:
+            return True
+        return False
 
     def lookup(self, name: str) -> Node:
         return Member(self._ns, self._record, f"{self._relpath}/{name}" if self._relpath else name)
@@ -313,12 +344,36 @@ class Member(Node):
         return sorted((m.name.rsplit("/", 1)[-1], _member_attr(m)) for m in members)
 
     def open(self) -> Handle:
-        return self._contents().open(self._relpath)
+        contents = self._contents()
+        listed = (self._ns.catalog.known_member_sizes(self._record) or {}).get(self._relpath)
+        if listed is not None:
+            where = f"{self._relpath!r} of object {self._record['_id']}"
+            _check_listed_size(contents.lookup(self._relpath), listed, where)
+        return contents.open(self._relpath)
 
 
 def _member_attr(member: MemberInfo) -> Attr:
     is_dir = stat.S_ISDIR(member.mode)
     return Attr(is_dir, 0 if is_dir else member.size, member.mtime)
+
+
+def _listed_attr(sizes: dict[str, int], relpath: str, mtime: float) -> Attr:
+    """A listed file, or a directory above one (the object's root is one), or ENOENT."""
+    if relpath in sizes:
+        return Attr(False, sizes[relpath], mtime)
+    if not relpath or any(path.startswith(f"{relpath}/") for path in sizes):
+        return directory(mtime)
+    raise NotFound(f"{relpath!r} is not in its object's file listing")
+
+
+def _check_listed_size(member: MemberInfo, listed: int, where: str) -> None:
+    """A member whose archive disagrees with the size its listing gave (which stat may have
+    shown) is never served: its reads fail, and the adapter logs why."""
+    if stat.S_ISDIR(member.mode) or member.size != listed:
+        raise SizeMismatch(
+            f"{where} has {member.size} bytes in the archive but {listed} in the object's file "
+            "listing: not served"
+        )
 
 
 class TaskDir(Node):

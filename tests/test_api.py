@@ -4,6 +4,7 @@ retries and timeouts (DESIGN §4, §7; API §0–§5)."""
 from __future__ import annotations
 
 import logging
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 
 from blfs.api import Client, printable
 from blfs.auth import TokenStore
-from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError, RemoteTimeout
+from blfs.errors import (
+    AccessDenied,
+    BadRequest,
+    BlfsError,
+    NotFound,
+    RemoteError,
+    RemoteTimeout,
+)
 
 WAREHOUSE = "/api/warehouse"
 UNKNOWN_ID = "0123456789abcdef01234567"
@@ -330,6 +338,7 @@ def test_a_server_found_down_gets_one_attempt_per_call_until_it_answers(emulator
         (404, "couldn't find it", NotFound),
         (500, "no such task id", NotFound),
         (500, 'CastError: Cast to ObjectId failed for value "x"', NotFound),
+        (400, "this project's files are not stored on S3", BadRequest),
     ],
 )
 def test_answers_that_map_without_retry(client, emulator, status, message, error):
@@ -426,3 +435,25 @@ def test_participants_are_the_published_table_or_access_denied(client, emulator)
     assert "age" in table["columns"]
     with pytest.raises(AccessDenied):
         client.participants(project_id(emulator, "Guest Study"))
+
+
+def test_object_files_are_the_archive_members_sizes_over_every_page(emulator, token, tmp_path):
+    """Pages of one entry each: every folder and continuation token followed, one page per
+    file or folder of the object."""
+    client = make_client(emulator, token, tmp_path, page_size=1)
+    on_s3 = objects_of(emulator, "BIDS Study", storage="s3fs", status="stored")
+    (profiles,) = [d for d in on_s3 if d["desc"].startswith("neuro/tractprofile")]
+    for record in (profiles, on_s3[1]):
+        emulator.clear_requests()
+        (path,) = (emulator.data / "archives").glob(f"{record['_id']}.*")
+        with tarfile.open(path) as archive:
+            members = {m.name: m.size for m in archive if m.isfile()}
+        assert client.object_files(record["project"], record["_id"]) == members
+        folders = {name.rsplit("/", 1)[0] for name in members if "/" in name}
+        pages = len(members) + len(folders)
+        assert len(requests_to(emulator, f"/files/{record['project']}/", pages)) == pages
+
+
+def test_object_files_of_a_project_not_on_s3_are_none(client, emulator):
+    record = objects_of(emulator, "Lab Private", status="stored")[0]
+    assert client.object_files(record["project"], record["_id"]) is None

@@ -220,8 +220,8 @@ def write_archive(
     mtime: int,
     legacy: bool,
     without: frozenset[str] = frozenset(),
-) -> int:
-    """Writes the object's archive to `path` (.tar, or .tar.gz when legacy); returns its size.
+) -> None:
+    """Writes the object's archive to `path` (.tar, or .tar.gz when legacy).
     `without` names optional members the object lacks (a func run without events.tsv)."""
     if legacy:
         buffer = io.BytesIO()
@@ -232,4 +232,3 @@ def write_archive(
     else:
         with path.open("wb") as out:
             _write_tar(out, datatype, image_bytes, label, seed, mtime, without)
-    return path.stat().st_size

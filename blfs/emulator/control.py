@@ -120,7 +120,7 @@ class Emulator:
         self._admin("POST", f"db/{collection}", json=records)
 
     def put_archive(self, dataset_id: str, data: bytes) -> None:
-        """Replaces a dataset's stored archive; its `size` becomes len(data)."""
+        """Replaces a dataset's stored archive; its `size` becomes what the warehouse records."""
         self._admin("PUT", f"archive/{dataset_id}", data=data)
 
 

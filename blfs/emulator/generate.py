@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .content import DATATYPES, Datatype, write_archive
 from .nifti import image_shape, write_nifti_gz
+from .s3files import S3_STORAGE, recorded_size
 from .tokens import generate_keys
 
 COLLECTIONS = (
@@ -337,6 +338,7 @@ class Generator:
                 releases=releases,
                 origin=origin,
                 without=frozenset(without),
+                storage=S3_STORAGE,
             )
 
     def make_participants(self) -> None:
@@ -379,6 +381,7 @@ class Generator:
         prov: bool = True,
         origin: Origin | None = Origin("brainlife/app-sample"),
         without: frozenset[str] = frozenset(),
+        storage: str = "local",
     ) -> dict:
         datatype: Datatype = next(d for d in DATATYPES if d.name == datatype_name)
         meta = {
@@ -396,7 +399,7 @@ class Generator:
             "tags": list(tags),
             "meta": meta,
             "desc": f"{datatype_name} of {meta.get('subject', 'unknown subject')}",
-            "storage": "local",
+            "storage": storage,
             "storage_config": {},
             "status": status,
             "status_msg": {"stored": "Successfully stored", "failed": "archive failed"}.get(
@@ -436,7 +439,7 @@ class Generator:
         if status == "stored":
             suffix = ".tar.gz" if legacy else ".tar"
             path = self.root / "archives" / f"{dataset_id}{suffix}"
-            record["size"] = write_archive(
+            write_archive(
                 path,
                 datatype_name,
                 self.options.object_size if image_bytes is None else image_bytes,
@@ -446,6 +449,7 @@ class Generator:
                 legacy,
                 without,
             )
+            record["size"] = recorded_size(record, path)
             record["backup_date"] = self.date(minute + 3)
         elif status == "failed":
             record["status_msg"] = "archive failed: tar exited with code 2"

@@ -24,6 +24,7 @@ import mongomock
 from mongomock.collection import Collection
 
 from .generate import COLLECTIONS
+from .s3files import File, archive_files, recorded_size
 
 GZIP_MAGIC = b"\x1f\x8b"
 CACHE_ENTRIES = 64
@@ -248,8 +249,14 @@ class Store:
                 return path
         return None
 
+    def stored_files(self, dataset_id: str) -> dict[str, File]:
+        """The files of an `s3fs` object: its archive's regular members."""
+        path = self.archive(dataset_id)
+        return {} if path is None else archive_files(path)
+
     def replace_archive(self, dataset_id: str, data: bytes) -> None:
-        """Stores `data` as the dataset's archive (gzip sniffed for the name) and sets `size`."""
+        """Stores `data` as the dataset's archive (gzip sniffed for the name) and sets `size`:
+        the archive's length, or for an `s3fs` object the sum of its files' sizes (API §2)."""
         with self._lock:
             old = self.archive(dataset_id)
             suffix = ".tar.gz" if data[:2] == GZIP_MAGIC else ".tar"
@@ -261,7 +268,7 @@ class Store:
                 old.unlink()
             record = self._tables["datasets"].records.get(dataset_id)
             if record is not None:
-                self.upsert("datasets", [{**record, "size": len(data)}])
+                self.upsert("datasets", [{**record, "size": recorded_size(record, path)}])
 
     def task_dir(self, task: dict) -> Path:
         return self.root / "tasks" / task["instance_id"] / task["_id"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from . import downscript
+from . import downscript, s3files
 from .context import App
 from .query import (
     check_object_id,
@@ -155,6 +155,25 @@ def routes(app: App) -> list:
         ]
         return json_response(store.aggregate("datasets", pipeline))
 
+    def check_download_access(claims: dict, dataset: dict) -> None:
+        """The download ACL: a published object or a readable project, and its agreements."""
+        if app.has_scope(claims, "warehouse", "stage"):
+            return
+        if not dataset.get("publications") and dataset["project"] not in app.readable_projects(
+            claims
+        ):
+            message = "you don't have access to the project that the dataset belongs"
+            raise ApiError(message, 403, {"err": message})
+        project = store.one("projects", {"_id": dataset["project"]}) or {}
+        user = store.one("users", {"sub": claims.get("sub")}) or {}
+        agreed = user.get("agreements") or {}
+        if any(not agreed.get(a["_id"]) for a in project.get("agreements") or []):
+            message = (
+                "You must agree to all data access agreements at "
+                f"{SITE}/project/{dataset['project']}"
+            )
+            raise ApiError(message, 403, {"err": message})
+
     def download(request: Request) -> Response:
         claims = app.user(request, allow_query=True)
         dataset_id = check_object_id(request.params["id"], "_id", "Datasets")
@@ -165,21 +184,7 @@ def routes(app: App) -> list:
             raise ApiError(f"status it not stored:{dataset.get('status')}")
         if not dataset.get("storage"):
             raise ApiError("storage not set")
-        if not app.has_scope(claims, "warehouse", "stage"):
-            if not dataset.get("publications") and dataset["project"] not in app.readable_projects(
-                claims
-            ):
-                message = "you don't have access to the project that the dataset belongs"
-                raise ApiError(message, 403, {"err": message})
-            project = store.one("projects", {"_id": dataset["project"]}) or {}
-            user = store.one("users", {"sub": claims.get("sub")}) or {}
-            agreed = user.get("agreements") or {}
-            if any(not agreed.get(a["_id"]) for a in project.get("agreements") or []):
-                message = (
-                    "You must agree to all data access agreements at "
-                    f"{SITE}/project/{dataset['project']}"
-                )
-                raise ApiError(message, 403, {"err": message})
+        check_download_access(claims, dataset)
         path = store.archive(dataset_id)
         if path is None:
             raise ApiError(f"Error: ENOENT: no such file or directory, stat '{dataset_id}.tar'")
@@ -191,6 +196,33 @@ def routes(app: App) -> list:
             file=path,
             file_size=path.stat().st_size,
         )
+
+    def files(request: Request) -> Response:
+        """The S3 files API (`bl data query --s3`): one page of a delimited listing of the files
+        of a project's `s3fs` objects; 400 for a project not on S3, the download's ACL."""
+        claims = app.user(request)
+        project_id = check_object_id(request.params["project"], "_id", "Projects")
+        prefix = request.params.get("prefix", "")
+        object_id = prefix.strip("/").partition("/")[0]
+        on_s3 = {"project": project_id, "storage": s3files.S3_STORAGE, "status": "stored"}
+        dataset = store.one("datasets", {**on_s3, "_id": object_id}) if object_id else None
+        objects = [dataset] if dataset else store.find("datasets", on_s3, {"_id": 1})
+        if not objects:
+            if store.one("projects", {"_id": project_id}) is None:
+                raise ApiError("couldn't find the project specified", 404)
+            raise ApiError("this project's files are not stored on S3", 400)
+        check_download_access(claims, dataset or {"project": project_id})
+        listed = [] if object_id and dataset is None else objects
+        keys = {
+            f"{d['_id']}/{name}": file
+            for d in listed
+            for name, file in store.stored_files(d["_id"]).items()
+        }
+        limit = min(int(request.arg("limit") or s3files.MAX_KEYS), s3files.MAX_KEYS)
+        page = s3files.listing(keys, prefix, limit, request.arg("continuationToken"))
+        if page is None:
+            raise ApiError(f"no such path: {prefix}", 404)
+        return json_response(page)
 
     def download_script(request: Request) -> Response:
         """The script of `bl bids download`: objects sorted by subject, unreadable ones left
@@ -292,6 +324,7 @@ def routes(app: App) -> list:
         route("GET", "/dataset/download/(?P<id>[^/]+)", download),
         route("GET", "/dataset/product/(?P<id>[^/]+)", product),
         route("POST", "/dataset/downscript", download_script),
+        route("GET", "/files/(?P<project>[^/]+)(?:/(?P<prefix>.*))?", files),
         route("GET", "/participant/(?P<id>[^/]+)", participants),
         route("GET", "/pub", pubs),
         route("GET", "/pub/datasets/(?P<id>[^/]+)", pub_datasets),
