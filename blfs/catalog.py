@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blfs.auth import claims
 from blfs.errors import NotFound
 from blfs.metacache import MetaCache
+from blfs.metastore import MetaStore
 from blfs.names import Named, unique_names
 from blfs.nodes import Attr, json_bytes
 from blfs.tree import DATASET_SELECT, Branch, build_tree, timestamp
@@ -50,19 +50,11 @@ def label(record: dict[str, Any]) -> str:
     return record.get("name") or record.get("desc") or record["_id"]
 
 
-@dataclass(frozen=True)
-class TaskListing:
-    """A task directory from `/task/ls`, and which of its files are symlinks (whose listed size
-    is the link's own, not that of the file a download serves)."""
-
-    attrs: dict[str, Attr]
-    file_links: frozenset[str]
-
-
-def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
-    """Symlinks count as what they point to; broken ones (no `directory` flag) are hidden."""
+def task_listing(entries: Iterable[dict[str, Any]]) -> dict[str, Attr]:
+    """A task directory from `/task/ls`. Symlinks count as what they point to; broken ones (no
+    `directory` flag) are hidden. A symlinked file's listed size is the link's own, not that of
+    the file a download serves: it is marked inexact."""
     shown: dict[str, Attr] = {}
-    file_links = set()
     for entry in entries:
         name = entry.get("filename") or ""
         if name in ("", ".", "..") or "/" in name or "directory" not in entry:
@@ -70,10 +62,9 @@ def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
         attrs = entry.get("attrs") or {}
         is_dir = bool(entry["directory"])
         size = 0 if is_dir else int(attrs.get("size") or 0)
-        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")))
-        if entry.get("link") and not is_dir:
-            file_links.add(name)
-    return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
+        file_link = bool(entry.get("link")) and not is_dir
+        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")), exact=not file_link)
+    return dict(sorted(shown.items()))
 
 
 def is_finished(task: dict[str, Any]) -> bool:
@@ -81,77 +72,90 @@ def is_finished(task: dict[str, Any]) -> bool:
 
 
 class Catalog:
-    """Metadata answers by kind, each cached for the TTL (finished tasks' outputs longer)."""
+    """Metadata answers by kind, each cached for the TTL (finished tasks' outputs longer).
 
-    def __init__(self, client: Client, ttl: float = 60.0) -> None:
+    What is cached (and kept on disk by `store`) is the server's raw answer; the shapes the
+    namespace uses (named records, trees, listings) are built from it.
+    """
+
+    def __init__(self, client: Client, ttl: float = 60.0, store: MetaStore | None = None) -> None:
         self._client = client
-        self._cache = MetaCache(ttl)
+        self._cache = MetaCache(ttl, store)
+
+    def generation(self) -> int:
+        """Grows whenever a refreshed answer differs from the one it replaces."""
+        return self._cache.generation
 
     def projects(self) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
+        def build(projects: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             sub = token_subject(self._client.tokens.get() if self._client.tokens else None)
             shown = [
                 (p["_id"], p.get("name"), p)
-                for p in self._client.projects()
+                for p in projects
                 if not p.get("removed") and readable(p, sub)
             ]
             return unique_names(shown)
 
-        return self._cache.get("projects", fetch)
+        return self._cache.get("projects", self._client.projects, build)
 
     def datatypes(self) -> dict[str, dict[str, Any]]:
         return self._cache.get("datatypes", self._client.datatypes)
 
     def project_tree(self, project_id: str) -> Branch:
-        def fetch() -> Branch:
+        def fetch() -> list[dict[str, Any]]:
             find = {"project": project_id, "removed": False, "status": "stored"}
-            records = self._client.datasets(find, select=DATASET_SELECT)
+            return list(self._client.datasets(find, select=DATASET_SELECT))
+
+        def build(records: list[dict[str, Any]]) -> Branch:
             shown = [r for r in records if r.get("status") == "stored" and not r.get("removed")]
             return build_tree(shown, self.datatypes())
 
-        return self._cache.get(("project", project_id), fetch)
+        return self._cache.get(("project", project_id), fetch, build)
 
     def release_tree(self, release_id: str) -> Branch:
-        def fetch() -> Branch:
-            records = self._client.release_datasets(
-                release_id, {"status": "stored"}, select=DATASET_SELECT
-            )
+        def fetch() -> list[dict[str, Any]]:
+            find = {"status": "stored"}
+            return list(self._client.release_datasets(release_id, find, select=DATASET_SELECT))
+
+        def build(records: list[dict[str, Any]]) -> Branch:
             shown = (r for r in records if r.get("status") == "stored")
             return build_tree(shown, self.datatypes())
 
-        return self._cache.get(("release", release_id), fetch)
+        return self._cache.get(("release", release_id), fetch, build)
 
     def pubs(self) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
-            pubs = self._client.pubs()
+        def build(pubs: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names((p["_id"], p.get("name"), p) for p in pubs if not p.get("removed"))
 
-        return self._cache.get("pubs", fetch)
+        return self._cache.get("pubs", self._client.pubs, build)
 
     def instances(self, group_id: int) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
-            instances = self._client.instances(group_id)
+        def build(instances: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names((i["_id"], label(i), i) for i in instances)
 
-        return self._cache.get(("instances", group_id), fetch)
+        return self._cache.get(
+            ("instances", group_id), lambda: self._client.instances(group_id), build
+        )
 
     def tasks(self, instance_id: str) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
-            tasks = self._client.tasks(instance_id)
+        def build(tasks: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names(
                 (t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"
             )
 
-        return self._cache.get(("tasks", instance_id), fetch)
+        return self._cache.get(
+            ("tasks", instance_id), lambda: self._client.tasks(instance_id), build
+        )
 
     def _task_ttl(self, task: dict[str, Any]) -> float | None:
         """A finished task's outputs never change: keep what was learnt of them long."""
         return max(FINISHED_TASK_TTL, self._cache.ttl) if is_finished(task) else None
 
-    def task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
+    def task_listing(self, task: dict[str, Any], relpath: str) -> dict[str, Attr]:
         return self._cache.get(
             ("task_ls", task["_id"], relpath),
-            lambda: task_listing(self._client.task_ls(task["_id"], relpath)),
+            lambda: self._client.task_ls(task["_id"], relpath),
+            task_listing,
             ttl=self._task_ttl(task),
         )
 
@@ -167,7 +171,9 @@ class Catalog:
                     pass
                 return body.bytes_read
 
-        return self._cache.get(("task_link", task["_id"], path), fetch, ttl=self._task_ttl(task))
+        return self._cache.get(
+            ("task_link", task["_id"], path), fetch, int, ttl=self._task_ttl(task)
+        )
 
     def object_record(self, object_id: str) -> dict[str, Any]:
         def fetch() -> dict[str, Any]:
@@ -183,12 +189,17 @@ class Catalog:
 
     def product_bytes(self, object_id: str) -> bytes:
         """`_product.json`: fetched once per object (stored objects do not change), then kept."""
-
-        def fetch() -> bytes:
-            return json_bytes({"product": self._client.product(object_id)})
-
-        return self._cache.get(("product", object_id), fetch, ttl=float("inf"))
+        return self._cache.get(
+            ("product", object_id),
+            lambda: self._client.product(object_id),
+            _product_file,
+            ttl=float("inf"),
+        )
 
     def known_product_bytes(self, object_id: str) -> bytes | None:
         """`_product.json` if it was already fetched: a listing must not make the request."""
         return self._cache.peek(("product", object_id))
+
+
+def _product_file(product: Any) -> bytes:
+    return json_bytes({"product": product})

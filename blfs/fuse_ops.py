@@ -105,11 +105,18 @@ class BlfsOperations(mfusepy.Operations):
         return self._stat(self._namespace.getattr(path))
 
     @_errno_mapped
-    def readdir(self, path: str, fh: int) -> list[Any]:
-        entries: list[Any] = [".", ".."]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """Entries with their full attributes where exact, else with their type only."""
+        here = {"st_mode": stat.S_IFDIR}
+        entries = [(".", here, 0), ("..", here, 0)]
         for name, attr in self._namespace.readdir(path):
-            entries.append((name, {"st_mode": _mode(attr)}, 0))
+            entries.append((name, self._stat(attr) if attr.exact else {"st_mode": _mode(attr)}, 0))
         return entries
+
+    def metadata_generation(self) -> int:
+        """Grows whenever metadata behind some listing changed: listings kept elsewhere (the
+        kernel's) are stale once it moved."""
+        return self._namespace.generation()
 
     @_errno_mapped
     def open(self, path: str, fi: Any) -> int:

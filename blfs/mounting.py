@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blfs import mountinfo, status
-from blfs.errors import BlfsError
+from blfs.errors import AccessDenied, BlfsError
 
 if TYPE_CHECKING:
+    from blfs.api import Client
     from blfs.cache import Cache
+    from blfs.fuse_ops import BlfsOperations
+    from blfs.metastore import MetaStore
 
 log = logging.getLogger("blfs")
 
@@ -134,8 +137,6 @@ def run_foreground(options: MountOptions) -> None:
 
 def _serve(options: MountOptions) -> None:
     libfuse3 = _use_libfuse3()
-    import mfusepy
-
     from blfs.api import Client
     from blfs.auth import TokenStore
     from blfs.cache import Cache
@@ -148,17 +149,9 @@ def _serve(options: MountOptions) -> None:
     cache = Cache(options.cache_dir, options.cache_size or default_cache_size(options.cache_dir))
     objects = ObjectFetcher(cache, client.download_dataset)
     task_files = TaskFiles(cache, client.download_task_file)
-    namespace = Namespace(Catalog(client, ttl=options.ttl), objects, task_files)
-    fuse_options: dict[str, str | bool] = {
-        "ro": True,
-        "fsname": "blfs",
-        "subtype": "blfs",
-        "entry_timeout": str(options.ttl),
-        "attr_timeout": str(options.ttl),
-    }
-    if libfuse3:
-        # libfuse 3's default of 10 workers lets a few waiting downloads freeze the mount.
-        fuse_options.update(max_threads="64", max_idle_threads="16")
+    catalog = Catalog(client, ttl=options.ttl, store=_metadata_store(options, client))
+    namespace = Namespace(catalog, objects, task_files)
+    fuse_options: dict[str, str | bool] = {"ro": True, "fsname": "blfs", "subtype": "blfs"}
     fuse_options.update(options.fuse_options)
     log.info("mounting %s at %s (cache %s)", options.api_url, options.mountpoint, options.cache_dir)
     publisher = status.Publisher(
@@ -171,19 +164,43 @@ def _serve(options: MountOptions) -> None:
         lambda: {"downloads": objects.progress(), "cache": _usage(cache)},
     )
     try:
-        mfusepy.FUSE(
-            BlfsOperations(namespace),
-            str(options.mountpoint),
-            raw_fi=True,
-            foreground=True,
-            **fuse_options,
-        )
-    except RuntimeError as exc:
-        # libfuse 3 reports an unmount by signal as error 8: a normal end for us.
-        if exc.args != (8,):
-            raise
+        _run_fuse(BlfsOperations(namespace), options, fuse_options, libfuse3)
     finally:
         publisher.close()
+
+
+def _run_fuse(
+    operations: BlfsOperations,
+    options: MountOptions,
+    fuse_options: dict[str, str | bool],
+    libfuse3: bool,
+) -> None:
+    """libfuse 3 through our low-level binding (the kernel keeps listings and attributes);
+    libfuse 2 through mfusepy's path API, with the same timeouts."""
+    if libfuse3:
+        from blfs.fuse_kernel import KernelMount
+
+        point, text = str(options.mountpoint), format_fuse_options(fuse_options)
+        KernelMount(operations, point, text, ttl=options.ttl).serve()
+        return
+    import mfusepy
+
+    timeouts = {"entry_timeout": str(options.ttl), "attr_timeout": str(options.ttl)}
+    point = str(options.mountpoint)
+    mfusepy.FUSE(operations, point, raw_fi=True, foreground=True, **fuse_options, **timeouts)
+
+
+def _metadata_store(options: MountOptions, client: Client) -> MetaStore:
+    """The cache dir's metadata store, scoped to this server and the token's user."""
+    from blfs.catalog import token_subject
+    from blfs.metastore import FILENAME, MetaStore
+
+    try:
+        user = token_subject(client.tokens.get() if client.tokens else None)
+    except AccessDenied:
+        user = None
+    scope = f"{options.api_url.rstrip('/')} {user or 'guest'}"
+    return MetaStore(options.cache_dir / FILENAME, scope)
 
 
 def _usage(cache: Cache) -> dict[str, int]:

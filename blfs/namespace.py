@@ -59,6 +59,10 @@ class Namespace:
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
 
+    def generation(self) -> int:
+        """Grows whenever a metadata answer behind some listing changed."""
+        return self.catalog.generation()
+
     def _resolve(self, path: str) -> Node:
         node: Node = self._root
         for name in path.split("/"):
@@ -168,10 +172,10 @@ class ObjectDir(Node):
         return Member(self._ns, self._record, name)
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # `_product.json`'s size is only known after its request, which a listing must not make;
-        # the listed size is the cached one if any (the adapter only uses the type from readdir).
+        # `_product.json`'s size is only known after its request, which a listing must not make.
         known = self._ns.catalog.known_product_bytes(self._record["_id"])
-        product = Attr(False, len(known) if known else 0, self._attr.mtime)
+        mtime = self._attr.mtime
+        product = Attr(False, len(known), mtime) if known else Attr(False, 0, mtime, exact=False)
         members = Member(self._ns, self._record, "").entries()
         fixed = [("_info.json", self._info().attr()), ("_product.json", product)]
         return fixed + [(n, a) for n, a in members if n not in ("_info.json", "_product.json")]
@@ -220,19 +224,18 @@ class TaskDir(Node):
 
     def lookup(self, name: str) -> Node:
         catalog = self._ns.catalog
-        listing = catalog.task_listing(self._task, self._relpath)
-        attr = listing.attrs.get(name)
+        attr = catalog.task_listing(self._task, self._relpath).get(name)
         if attr is None:
             raise NotFound(f"no such file: {name}")
         path = f"{self._relpath}/{name}" if self._relpath else name
         if attr.is_dir:
             return TaskDir(self._ns, self._task, path, attr)
-        if name in listing.file_links:
+        if not attr.exact:
             attr = Attr(False, catalog.linked_size(self._task, path), attr.mtime)
         task_id, size, final = self._task["_id"], attr.size, is_finished(self._task)
         return FileNode(attr, lambda: self._ns.task_files.open(task_id, path, size, final=final))
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # A symlinked file is listed with the link's own size: its real size costs a request,
-        # made only when it is looked up (the adapter takes only the type from a listing).
-        return list(self._ns.catalog.task_listing(self._task, self._relpath).attrs.items())
+        # A symlinked file is listed with the link's own size, marked inexact: its real size
+        # costs a request, made only when it is looked up.
+        return list(self._ns.catalog.task_listing(self._task, self._relpath).items())

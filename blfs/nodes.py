@@ -25,9 +25,13 @@ class IsADirectory(BlfsError):
 
 @dataclass(frozen=True)
 class Attr:
+    """A node's type, size and mtime. `exact` is False for a listed size that stands in for one
+    not known yet: the adapter must not hand it on as the file's size (DESIGN §9)."""
+
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
+    exact: bool = True
 
 
 class Handle(Protocol):
