@@ -151,7 +151,7 @@ class MetaCache:
             with self._lock:
                 known.expires = self._clock() + self.ttl
             return known.value
-        text = json.dumps(raw, sort_keys=True)
+        text = json.dumps(raw)  # key order kept: records are shown as the server wrote them
         digest = hash(text)
         value = answer.build(raw)
         changed = known is not None and known.digest != digest
@@ -173,8 +173,11 @@ class MetaCache:
             first = self._failing is not type(exc)
             self._failing = type(exc)
         if first:
-            reason = "server unreachable" if isinstance(exc, RemoteError) else "token not accepted"
-            log.warning("%s, serving known listings and cached data: %s", reason, exc)
+            # The token's own message (how to log in) is for what fails for want of the server.
+            reason = (
+                f"server unreachable ({exc})" if isinstance(exc, RemoteError) else "token refused"
+            )
+            log.warning("%s: serving the known listings and cached data", reason)
 
 
 class _Background:

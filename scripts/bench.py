@@ -24,7 +24,7 @@ from pathlib import Path
 
 from blfs import mountinfo
 from blfs.auth import TokenStore
-from blfs.emulator.control import Emulator, generated_data, start_emulator
+from blfs.emulator.control import Emulator, EmulatorProcess, generated_data, start_emulator
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -162,20 +162,110 @@ def bench_listing(work: Path, objects: int) -> None:
         )
 
 
+WALKS = {"ls -lR": ["ls", "-lR", "."], "find -type f": ["find", ".", "-type", "f"]}
+WALK_GOALS = {"within the TTL": 2.0, "first after a remount": 3.0, "server stopped": 3.0}
+WALK_ROWS: list[tuple[str, str, str, str, str]] = []
+
+
+def walk(root: Path, name: str) -> tuple[float, str]:
+    """Seconds `name` takes over `root` (run from inside it), and what it printed."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        WALKS[name], cwd=root, check=True, capture_output=True, text=True, timeout=3600
+    )
+    return time.perf_counter() - start, done.stdout
+
+
+def best_walk(root: Path, name: str, runs: int = 3) -> float:
+    return min(walk(root, name)[0] for _ in range(runs))
+
+
+def walk_row(when: str, name: str, blfs_seconds: float, local_seconds: float) -> None:
+    goal = WALK_GOALS[when]
+    ratio = blfs_seconds / local_seconds
+    verdict = "ok" if ratio <= goal else "missed"
+    WALK_ROWS.append(
+        (f"{name}, {when}", f"{blfs_seconds:.3f} s", f"{local_seconds:.3f} s", f"{ratio:.2f}",
+         f"≤ {goal:g} {verdict}")
+    )  # fmt: skip
+
+
+def mount_pid(point: Path) -> int:
+    """The process serving the mount at `point`."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if b"mount" in args and str(point).encode() in args:
+                return int(cmdline.parent.name)
+    raise RuntimeError(f"no process serves {point}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        / 1024
+    )
+
+
+def bench_walks(work: Path, objects: int) -> None:
+    """Walks of an N-object project with every object cached, against the same tree copied to
+    local disk: warm within the TTL, the first after a remount, and with the server stopped."""
+    data = data_dir(work, f"many-{objects}", subjects=max(1, objects // 10),
+                    objects_per_subject=10, object_size=1024)  # fmt: skip
+    server = EmulatorProcess(data)
+    try:
+        home = Path(tempfile.mkdtemp(prefix="walks", dir=work))
+        cache, local = home / "cache", home / "local"
+        project = Path("projects") / "Lab Private"
+        with mounted(server.emulator, home, cache) as point:
+            env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+            prefetch = [sys.executable, "-m", "blfs", "prefetch", "-j", "8", str(point / project)]
+            subprocess.run(prefetch, check=True, env=env, timeout=3600, stderr=subprocess.DEVNULL)
+            shell(f"cp -r '{point / project}' '{local}'")
+            online = {name: walk(point / project, name)[1] for name in WALKS}
+            warm = {name: best_walk(point / project, name) for name in WALKS}
+            rss = peak_rss_mb(mount_pid(point))
+        for name in WALKS:
+            walk_row("within the TTL", name, warm[name], best_walk(local, name))
+        for name in WALKS:
+            with mounted(server.emulator, home, cache) as point:
+                walk_row("first after a remount", name, walk(point / project, name)[0],
+                         best_walk(local, name))  # fmt: skip
+        server.stop()
+        for name in WALKS:
+            with mounted(server.emulator, home, cache) as point:
+                seconds, printed = walk(point / project, name)
+                assert printed == online[name], f"{name} with the server stopped lists otherwise"
+                walk_row("server stopped", name, seconds, best_walk(local, name))
+    finally:
+        server.stop()
+    print(f"\nwalks of a {objects}-object project, every object cached (same tree on local disk):")
+    print(f"{'walk':<40} {'blfs':>10} {'local':>10} {'ratio':>6}  goal")
+    for what, value, baseline, ratio, goal in WALK_ROWS:
+        print(f"{what:<40} {value:>10} {baseline:>10} {ratio:>6}  {goal}")
+    print(f"peak RSS of the mount holding metadata for {objects} objects: {rss:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=300_000_000, help="big object bytes")
     parser.add_argument("--objects", type=int, default=10_000, help="objects for ls -lR")
     parser.add_argument("--bandwidth", type=int, default=50_000_000, help="throttle, bytes/s")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "blfs-bench")
+    parser.add_argument("--walks-only", action="store_true", help="only the directory walks")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
+    if args.walks_only:
+        bench_walks(args.dir, args.objects)
+        return
 
     bench_object(args.dir, args.size, args.bandwidth)
     print(f"{'measurement':<58} {'blfs':>10} {'baseline':>10} {'ratio':>6}")
     for what, value, baseline, ratio in ROWS:
         print(f"{what:<58} {value:>10} {baseline:>10} {ratio:>6}")
     bench_listing(args.dir, args.objects)
+    bench_walks(args.dir, args.objects)
 
 
 if __name__ == "__main__":
