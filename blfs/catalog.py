@@ -8,7 +8,8 @@ Knows nothing of paths beyond what a tree or a task listing is; knows nothing of
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from blfs.auth import claims
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 # A finished task's output never changes: its listings are kept this long (or `ttl` if longer).
 FINISHED_TASK_TTL = 24 * 3600.0
+# Stored objects do not change: their `_product.json` is fetched once, then kept.
+PRODUCT_TTL = float("inf")
 
 
 def token_subject(token: str | None) -> str | None:
@@ -82,9 +85,9 @@ class Catalog:
         self._client = client
         self._cache = MetaCache(ttl, store)
 
-    def generation(self) -> int:
-        """Grows whenever a refreshed answer differs from the one it replaces."""
-        return self._cache.generation
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
+        self._cache.on_change(callback)
 
     def projects(self) -> Named[dict[str, Any]]:
         def build(projects: list[dict[str, Any]]) -> Named[dict[str, Any]]:
@@ -189,16 +192,12 @@ class Catalog:
 
     def product_bytes(self, object_id: str) -> bytes:
         """`_product.json`: fetched once per object (stored objects do not change), then kept."""
-        return self._cache.get(
-            ("product", object_id),
-            lambda: self._client.product(object_id),
-            _product_file,
-            ttl=float("inf"),
-        )
+        fetch = functools.partial(self._client.product, object_id)
+        return self._cache.get(("product", object_id), fetch, _product_file, PRODUCT_TTL)
 
     def known_product_bytes(self, object_id: str) -> bytes | None:
         """`_product.json` if it was already fetched: a listing must not make the request."""
-        return self._cache.peek(("product", object_id))
+        return self._cache.known(("product", object_id), _product_file, PRODUCT_TTL)
 
 
 def _product_file(product: Any) -> bytes:

@@ -42,6 +42,7 @@ log = logging.getLogger("blfs")
 
 ROOT = 1  # FUSE_ROOT_ID
 UNKNOWN_INO = 0xFFFFFFFF  # FUSE_UNKNOWN_INO: a listed entry the kernel holds no number for
+FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
 
 _req = ctypes.c_void_p
 _ino = ctypes.c_uint64
@@ -78,6 +79,7 @@ class _LegacyLoopConfig(ctypes.Structure):
 
 
 _CALLBACKS = {
+    "init": ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(mfusepy.fuse_conn_info)),
     "lookup": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p),
     "forget": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_uint64),
     "getattr": ctypes.CFUNCTYPE(None, _req, _ino, _file_info_p),
@@ -173,6 +175,7 @@ def _library() -> ctypes.CDLL:
         "fuse_remove_signal_handlers": (None, [ctypes.c_void_p]),
         "fuse_session_unmount": (None, [ctypes.c_void_p]),
         "fuse_session_destroy": (None, [ctypes.c_void_p]),
+        "fuse_lowlevel_notify_inval_inode": (ctypes.c_int, [ctypes.c_void_p, _ino, _off, _off]),
     }
     for function, (restype, argtypes) in prototypes.items():
         getattr(lib, function).restype = restype
@@ -188,7 +191,6 @@ class _Listed:
     """When a directory was last listed to the kernel, and the entries while it reads them."""
 
     listed_at: float
-    generation: int
     entries: list[Entry] | None
 
 
@@ -279,6 +281,9 @@ class KernelMount:
         self._lib = _library()
         self._inodes = _Inodes()
         self._listed: dict[int, _Listed] = {}
+        self._listed_lock = threading.Lock()
+        self._session: int | None = None
+        self._zero_message_opendir = False
         self._callbacks = {
             name: prototype(getattr(self, f"_{name}")) for name, prototype in _CALLBACKS.items()
         }
@@ -293,6 +298,8 @@ class KernelMount:
         )
         if not session:
             raise BlfsError("libfuse refused the mount options (see the message above)")
+        self._session = session
+        self._ops.on_metadata_change(self._forget_listings)
         try:
             if self._lib.fuse_session_mount(session, os.fsencode(self._mountpoint)) != 0:
                 raise BlfsError(f"cannot mount at {self._mountpoint}")
@@ -340,12 +347,31 @@ class KernelMount:
 
     # --- names and attributes ---------------------------------------------------------------
 
+    def _init(self, userdata: int, conn: Any) -> None:
+        self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+
     def _entry(self, attrs: dict[str, Any], ino: int) -> _EntryParam:
-        """A name's attributes, the kernel to keep them for the TTL."""
-        entry = _EntryParam(ino=ino, attr_timeout=self._ttl, entry_timeout=self._ttl)
+        """A name's attributes, for the kernel to keep (see `_attr_timeout`)."""
+        timeout = self._attr_timeout(ino)
+        entry = _EntryParam(ino=ino, attr_timeout=timeout, entry_timeout=self._ttl)
         mfusepy.set_st_attrs(entry.attr, attrs, use_ns=True)
         entry.attr.st_ino = ino
         return entry
+
+    def _attr_timeout(self, ino: int) -> float:
+        """The TTL; for a directory whose listing the kernel keeps, only what is left of that
+        listing's TTL. The kernel asks for a directory's attributes again before it reuses its
+        kept listing once they expired: a listing past its TTL is then dropped, and the kernel
+        lists the directory afresh."""
+        with self._listed_lock:
+            listed = self._listed.get(ino)
+        if listed is None:
+            return self._ttl
+        left = self._ttl - (time.monotonic() - listed.listed_at)
+        if left > 0:
+            return left
+        self._forget_listing(ino)
+        return self._ttl
 
     @_replying
     def _lookup(self, req: int, parent: int, name: bytes) -> None:
@@ -369,14 +395,15 @@ class KernelMount:
 
     def _drop(self, ino: int, count: int) -> None:
         if self._inodes.forget(ino, count):
-            self._listed.pop(ino, None)
+            with self._listed_lock:
+                self._listed.pop(ino, None)
 
     @_replying
     def _getattr(self, req: int, ino: int, fi: Any) -> None:
         stat = mfusepy.c_stat()
         mfusepy.set_st_attrs(stat, self._ops.getattr(self._inodes.path(ino)), use_ns=True)
         stat.st_ino = ino
-        self._lib.fuse_reply_attr(req, ctypes.byref(stat), self._ttl)
+        self._lib.fuse_reply_attr(req, ctypes.byref(stat), self._attr_timeout(ino))
 
     @_replying
     def _statfs(self, req: int, ino: int) -> None:
@@ -407,20 +434,27 @@ class KernelMount:
 
     @_replying
     def _opendir(self, req: int, ino: int, fi: Any) -> None:
-        self._inodes.path(ino)
-        fi.contents.cache_readdir = 1
-        fi.contents.keep_cache = 1 if self._kernel_listing_valid(ino) else 0
+        """ "Not implemented", where the kernel takes that to mean: open directories without
+        asking, and keep their listings (`FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`) until told
+        otherwise. A repeated walk then never reaches this process. Older kernels open each
+        directory here, uncached."""
+        if self._zero_message_opendir:
+            raise mfusepy.FuseOSError(errno.ENOSYS)
         self._lib.fuse_reply_open(req, fi)
 
-    def _kernel_listing_valid(self, ino: int) -> bool:
-        """What the kernel kept of this directory may be kept: it is younger than the TTL and
-        no metadata answer changed since (else the kernel drops it and lists again)."""
-        listed = self._listed.get(ino)
-        return (
-            listed is not None
-            and time.monotonic() - listed.listed_at < self._ttl
-            and listed.generation == self._ops.metadata_generation()
-        )
+    def _forget_listings(self) -> None:
+        """Some metadata answer changed: every listing the kernel keeps may be stale."""
+        with self._listed_lock:
+            listed = list(self._listed)
+        for ino in listed:
+            self._forget_listing(ino)
+
+    def _forget_listing(self, ino: int) -> None:
+        """Makes the kernel drop the listing it keeps of `ino` (its pages): the next walk of it
+        lists it from here again."""
+        with self._listed_lock:
+            self._listed.pop(ino, None)
+        self._lib.fuse_lowlevel_notify_inval_inode(self._session, ino, 0, 0)
 
     @_replying
     def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
@@ -432,7 +466,8 @@ class KernelMount:
 
     def _reply_listing(self, req: int, ino: int, size: int, offset: int, plus: bool) -> None:
         """One page of the listing from `offset`; an empty page ends it."""
-        entries = self._entries(ino, offset)[offset:]
+        listed = self._listing(ino, offset)
+        entries = (listed.entries or [])[offset:]
         names = [os.fsencode(name) for name, _ in entries]
         add = self._lib.fuse_add_direntry_plus if plus else self._lib.fuse_add_direntry
         fitting, used = 0, 0
@@ -442,7 +477,7 @@ class KernelMount:
                 break
             fitting += 1
         if fitting == 0:
-            self._listed[ino].entries = None  # read to its end: only its date is kept
+            listed.entries = None  # read to its end: only its date is kept
         if plus:
             describe: Callable[[int], Any] = self._described_plus(ino, entries[:fitting])
         else:
@@ -454,15 +489,18 @@ class KernelMount:
             used += add(req, ctypes.byref(page, used), size - used, names[i], describe(i), position)
         self._lib.fuse_reply_buf(req, page, used)
 
-    def _entries(self, ino: int, offset: int) -> list[Entry]:
+    def _listing(self, ino: int, offset: int) -> _Listed:
         """The listing from its start (offset 0), else the one being read."""
-        listed = self._listed.get(ino)
+        with self._listed_lock:
+            listed = self._listed.get(ino)
         if offset == 0 or listed is None or listed.entries is None:
-            generation = self._ops.metadata_generation()
+            listed_at = time.monotonic()
             path = self._inodes.path(ino)
             entries = [(name, attrs) for name, attrs, _ in self._ops.readdir(path, 0)]
-            listed = self._listed[ino] = _Listed(time.monotonic(), generation, entries)
-        return listed.entries
+            listed = _Listed(listed_at, entries)
+            with self._listed_lock:
+                self._listed[ino] = listed
+        return listed
 
     def _described_plus(self, ino: int, entries: list[Entry]) -> Callable[[int], _EntryParam]:
         """Entries with exact attributes are handed over with them, each a lookup the kernel

@@ -113,10 +113,10 @@ class BlfsOperations(mfusepy.Operations):
             entries.append((name, self._stat(attr) if attr.exact else {"st_mode": _mode(attr)}, 0))
         return entries
 
-    def metadata_generation(self) -> int:
-        """Grows whenever metadata behind some listing changed: listings kept elsewhere (the
-        kernel's) are stale once it moved."""
-        return self._namespace.generation()
+    def on_metadata_change(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever metadata behind some listing changed: listings kept
+        elsewhere (the kernel's) are stale then."""
+        self._namespace.on_change(callback)
 
     @_errno_mapped
     def open(self, path: str, fi: Any) -> int:

@@ -31,7 +31,7 @@ class _Answer(Generic[V]):
     """How to get one answer: its key, the request, how the raw answer becomes the value."""
 
     key: Hashable
-    fetch: Callable[[], Any]
+    fetch: Callable[[], Any] | None
     build: Callable[[Any], V]
     lifetime: float
 
@@ -51,8 +51,8 @@ class MetaCache:
     once and refreshed in the background when older than the TTL. When a refresh fails because
     the server is unreachable or the token is not accepted, the last known answer is served (and
     counted fresh for another TTL) with one warning per spell; `NotFound` always propagates.
-    `generation` counts the answers that changed on refresh, so a cache of listings built from
-    them (the kernel's) knows when to drop them.
+    Subscribers (`on_change`) hear of every answer that changed on refresh, so that caches of
+    listings built from the answers (the kernel's) drop them.
     """
 
     def __init__(
@@ -62,7 +62,7 @@ class MetaCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
-        self.generation = 0
+        self._subscribers: list[Callable[[], None]] = []
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
@@ -89,15 +89,23 @@ class MetaCache:
             return known.value
         return self._shared_refresh(answer)
 
-    def peek(self, key: Hashable) -> Any | None:
-        """The last known answer for `key` in memory, fresh or not, without fetching."""
+    def known(
+        self, key: Hashable, build: Callable[[Any], V] = lambda raw: raw, ttl: float | None = None
+    ) -> V | None:
+        """The last known answer for `key` (in memory or on disk), fresh or not, without asking
+        the server."""
         with self._lock:
             known = self._known.get(key)
+        if known is None:
+            known = self._from_disk(_Answer(key, None, build, self.ttl if ttl is None else ttl))
         return None if known is None else known.value
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._subscribers.append(callback)
 
     def _from_disk(self, answer: _Answer[V]) -> _Known[V] | None:
         """The stored answer, kept in memory and served at once: when older than its lifetime
-        it counts fresh for one more while a background refresh runs."""
+        it counts fresh for one more while a background refresh runs (if it can be fetched)."""
         stored = self._store.load(_store_key(answer.key)) if self._store is not None else None
         if stored is None:
             return None
@@ -111,7 +119,7 @@ class MetaCache:
                 answer.key,
                 _Known(value, hash(stored.text), self._clock() + (left if left > 0 else self.ttl)),
             )
-        if left <= 0:
+        if left <= 0 and answer.fetch is not None:
             self._background.submit(answer)
         return known
 
@@ -142,6 +150,7 @@ class MetaCache:
     def _refresh(self, answer: _Answer[V]) -> V:
         with self._lock:
             known = self._known.get(answer.key)
+        assert answer.fetch is not None
         try:
             raw = answer.fetch()
         except _SERVE_KNOWN as exc:
@@ -156,7 +165,6 @@ class MetaCache:
         value = answer.build(raw)
         changed = known is not None and known.digest != digest
         with self._lock:
-            self.generation += changed
             self._known[answer.key] = _Known(value, digest, self._clock() + answer.lifetime)
             self._failing = None
         if self._store is not None:
@@ -165,6 +173,9 @@ class MetaCache:
                 self._store.save(key, text)
             else:
                 self._store.touch(key)
+        if changed:
+            for callback in self._subscribers:
+                callback()
         return value
 
     def _serving_known(self, exc: BlfsError) -> None:

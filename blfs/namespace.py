@@ -9,6 +9,7 @@ task files to the task-file store. Knows nothing of FUSE.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from blfs.catalog import Catalog, is_finished
@@ -59,9 +60,9 @@ class Namespace:
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
 
-    def generation(self) -> int:
-        """Grows whenever a metadata answer behind some listing changed."""
-        return self.catalog.generation()
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever a metadata answer behind some listing changed."""
+        self.catalog.on_change(callback)
 
     def _resolve(self, path: str) -> Node:
         node: Node = self._root
