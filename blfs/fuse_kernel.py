@@ -143,12 +143,18 @@ class _LowLevelOps(ctypes.Structure):
     _fields_ = [(name, _CALLBACKS.get(name, ctypes.c_void_p)) for name in _OPS_ORDER]
 
 
-def _library() -> ctypes.CDLL:
-    """libfuse 3 with the prototypes used here."""
+def _library_name() -> str:
     name = ctypes.util.find_library("fuse3")
     if name is None:
         raise BlfsError("libfuse 3 is not installed")
-    lib = ctypes.CDLL(name)
+    return name
+
+
+def _library() -> ctypes.PyDLL:
+    """libfuse 3 with the prototypes of the calls that never block (replies, entries,
+    notifications: one quick write each). Called with the GIL held: releasing and taking it
+    back around each one would let any busy thread delay every reply by a switch interval."""
+    lib = ctypes.PyDLL(_library_name())
     p = ctypes.POINTER
     prototypes: dict[str, tuple[Any, list[Any]]] = {
         "fuse_reply_err": (ctypes.c_int, [_req, ctypes.c_int]),
@@ -327,7 +333,7 @@ class KernelMount:
     def _loop(self, session: int) -> int:
         """The multithreaded loop with a thread cap: a few waiting downloads must not freeze
         the mount (libfuse 3.12+ defaults to 10 workers)."""
-        lib = self._lib
+        lib = ctypes.CDLL(_library_name())  # the loop waits for the kernel: without the GIL
         if hasattr(lib, "fuse_loop_cfg_create"):
             lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
             lib.fuse_loop_cfg_set_max_threads.argtypes = [ctypes.c_void_p, ctypes.c_uint]
