@@ -1,6 +1,7 @@
 """blfs against its baselines, measured in one run against the bundled emulator.
 
     python scripts/bench.py [--size BYTES] [--objects N] [--bandwidth BYTES_PER_S] [--dir DIR]
+                            [--walks-only]
 
 Prints one table row per measurement, each a ratio to a baseline measured in the same run:
   1. cold `cp -r` of an object, and a cold `cat` of its image, through the mount
@@ -8,6 +9,8 @@ Prints one table row per measurement, each a ratio to a baseline measured in the
   2. warm sequential read through a new mount      vs  the same bytes read from local disk
   3. first byte of the first member (throttled)    vs  the whole download
   4. `ls -lR` of an N-object project: requests and seconds, cold and again within the TTL
+  5. `ls -lR` and `find -type f` of that project, every object cached: within the TTL, the first
+     after a remount, with the server stopped  vs  the same tree on local disk (and peak RSS)
 Generated data is kept in --dir and reused by later runs.
 """
 
