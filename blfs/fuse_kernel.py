@@ -8,18 +8,22 @@ and every entry of a first `ls -l` would cost a round trip into Python. This mod
 low-level (inode) API for the few calls a read-only mount needs and answers them with the path
 operations of `fuse_ops.BlfsOperations`, adding what only the low level can give:
 
-- `opendir` asks the kernel to keep the listing (`cache_readdir`) and to keep what it has
-  (`keep_cache`) while it is younger than the TTL and no metadata answer changed since;
+- directories open without a message and the kernel keeps their listings (zero-message
+  opendir, kernel ≥ 5.1): a repeated walk never reaches this process;
+- a kept listing is dropped (`notify_inval_inode`) once it is older than the TTL, when the
+  kernel next asks for the directory's attributes (which expire with it), and at once when a
+  metadata answer changes;
 - `readdirplus` hands each entry's attributes with the listing when they are exact (an entry
   whose size is not known yet is listed by name and type only, so the kernel asks for it);
 - entry and attribute timeouts equal the TTL on every reply.
 
-Calls left out (`access`, `flush`, `getxattr`, `releasedir`…) are answered by libfuse in C or
-remembered by the kernel as unsupported, so they never reach Python.
+Calls left out (`access`, `flush`, `getxattr`…) are answered by libfuse in C or remembered by
+the kernel as unsupported, so they never reach Python.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -94,49 +98,12 @@ _CALLBACKS = {
 }
 # `struct fuse_lowlevel_ops` up to `readdirplus`, in order; later libfuse versions only append.
 _OPS_ORDER = [
-    "init",
-    "destroy",
-    "lookup",
-    "forget",
-    "getattr",
-    "setattr",
-    "readlink",
-    "mknod",
-    "mkdir",
-    "unlink",
-    "rmdir",
-    "symlink",
-    "rename",
-    "link",
-    "open",
-    "read",
-    "write",
-    "flush",
-    "release",
-    "fsync",
-    "opendir",
-    "readdir",
-    "releasedir",
-    "fsyncdir",
-    "statfs",
-    "setxattr",
-    "getxattr",
-    "listxattr",
-    "removexattr",
-    "access",
-    "create",
-    "getlk",
-    "setlk",
-    "bmap",
-    "ioctl",
-    "poll",
-    "write_buf",
-    "retrieve_reply",
-    "forget_multi",
-    "flock",
-    "fallocate",
-    "readdirplus",
-]
+    "init", "destroy", "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir",
+    "unlink", "rmdir", "symlink", "rename", "link", "open", "read", "write", "flush", "release",
+    "fsync", "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "setxattr", "getxattr",
+    "listxattr", "removexattr", "access", "create", "getlk", "setlk", "bmap", "ioctl", "poll",
+    "write_buf", "retrieve_reply", "forget_multi", "flock", "fallocate", "readdirplus",
+]  # fmt: skip
 
 
 class _LowLevelOps(ctypes.Structure):
@@ -424,7 +391,8 @@ class KernelMount:
         path = self._inodes.path(ino)
         self._ops.open(path, fi.contents)
         if self._lib.fuse_reply_open(req, fi) == -errno.ENOENT:  # the open was interrupted
-            self._ops.release(path, fi.contents)
+            with contextlib.suppress(OSError):  # answered already: nothing more to tell
+                self._ops.release(path, fi.contents)
 
     @_replying
     def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
