@@ -26,6 +26,7 @@ from blfs.nodes import (
     NamedDir,
     Node,
     directory,
+    json_bytes,
 )
 from blfs.tree import Branch, timestamp
 
@@ -41,6 +42,7 @@ class Namespace:
         self.catalog = catalog
         self.objects = objects
         self.task_files = task_files
+        self._info_sizes: dict[str, tuple[dict[str, Any], int]] = {}
         self._root = DirNode(
             directory(),
             {
@@ -59,6 +61,13 @@ class Namespace:
 
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
+
+    def info_size(self, record: dict[str, Any]) -> int:
+        """`_info.json`'s size, serialized once per record: a walk lists thousands of objects."""
+        known = self._info_sizes.get(record["_id"])
+        if known is None or known[0] is not record:
+            known = self._info_sizes[record["_id"]] = (record, len(json_bytes(record)))
+        return known[1]
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` whenever a metadata answer behind some listing changed."""
@@ -178,7 +187,8 @@ class ObjectDir(Node):
         mtime = self._attr.mtime
         product = Attr(False, len(known), mtime) if known else Attr(False, 0, mtime, exact=False)
         members = Member(self._ns, self._record, "").entries()
-        fixed = [("_info.json", self._info().attr()), ("_product.json", product)]
+        info = Attr(False, self._ns.info_size(self._record), mtime)
+        fixed = [("_info.json", info), ("_product.json", product)]
         return fixed + [(n, a) for n, a in members if n not in ("_info.json", "_product.json")]
 
 
