@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -38,6 +39,10 @@ DEFAULT_TTL = 7 * 86400.0
 REFRESH_RETRY_AFTER = 60.0
 # After a request failed all its retries, later requests get a single attempt for this long.
 DOWN_WINDOW = 30.0
+# A server that takes longer than this to accept a connection is not going to answer soon.
+CONNECT_TIMEOUT = 10.0
+# Where a CA bundle for a server's certificate can be given, as requests and OpenSSL read it.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 # Server messages (HTTP 500 bodies) meaning "no access" and "no such thing" (API §2, §4, §5).
 _NO_ACCESS = re.compile(r"no read access|can't access|don't have access", re.IGNORECASE)
 _NOT_FOUND = re.compile(r"no such task id|CastError", re.IGNORECASE)
@@ -154,7 +159,9 @@ class Client:
         page_size: int = PAGE_SIZE,
     ) -> None:
         api = api_url.rstrip("/")
+        self.api_url = api
         self.tokens = tokens
+        self.site = api.removesuffix("/api")  # brainlife's web pages (project and object URLs)
         self.timeout = timeout
         self.retries = retries
         self.page_size = page_size
@@ -162,6 +169,8 @@ class Client:
         self._warehouse = f"{api}/warehouse"
         self._amaretti = f"{api}/amaretti"
         self._session = requests.Session()
+        # requests reads REQUESTS_CA_BUNDLE itself (it wins over this); SSL_CERT_FILE it ignores.
+        self._session.verify = os.environ.get("SSL_CERT_FILE") or True
         # Up to 64 FUSE threads plus the downloads in flight, each holding a connection.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=128)
         self._session.mount("http://", adapter)
@@ -198,6 +207,12 @@ class Client:
         _check_id(dataset_id, "data-object")
         url = f"{self._warehouse}/dataset/product/{dataset_id}"
         return self._get_json(url, {}, Auth.REQUIRED).get("product")
+
+    def participants(self, project_id: str) -> dict[str, Any]:
+        """A project's participant table `{subjects: [{subject, …}], columns: {…}}` (API §2);
+        AccessDenied unless it is published or the user is a member or admin."""
+        _check_id(project_id, "project")
+        return self._get_json(f"{self._warehouse}/participant/{project_id}", {}, Auth.OPTIONAL)
 
     def download_dataset(self, dataset_id: str) -> Download:
         _check_id(dataset_id, "data-object")
@@ -267,6 +282,31 @@ class Client:
             raise _classify(response).error
         return response.json()["jwt"]
 
+    # --- the mount's first question ------------------------------------------------------------
+
+    def check(self) -> None:
+        """Is this URL a brainlife API that takes our token? One health request (no token, not
+        retried), then one small query with the token if there is one. Raises BlfsError for a
+        server that is not brainlife or fails TLS, RemoteError when it cannot be reached or
+        fails, AccessDenied when it refuses the token; every message is one line."""
+        url = f"{self._warehouse}/health"
+        try:
+            response = self._attempt("GET", url)
+        except _Failure as exc:
+            raise exc.error from None
+        with response:
+            if response.status_code >= 500:
+                raise _classify(response).error
+            if not _is_health(response):
+                raise BlfsError(
+                    f"{self.api_url} is not a brainlife API: GET {url} answered"
+                    f" HTTP {response.status_code}, not brainlife's health record"
+                    " (the API URL ends in /api, e.g. https://brainlife.io/api)"
+                )
+        if self.tokens is not None and self.tokens.get() is not None:
+            query = {"limit": 1, "select": "_id"}
+            self._get_json(f"{self._amaretti}/instance", query, Auth.REQUIRED)
+
     # --- requests ---------------------------------------------------------------------------------
 
     def _warehouse_pages(
@@ -318,17 +358,22 @@ class Client:
     def _with_retries(
         self, url: str, params: dict[str, Any], headers: dict[str, str], *, stream: bool
     ) -> requests.Response:
-        """GETs with bounded retries and exponential backoff for failures that may pass.
+        """GETs, retrying with exponential backoff what fails fast (refused connections, 5xx).
 
-        Once a request has failed all its retries the server counts as down for `DOWN_WINDOW`:
-        requests then get one attempt each, so an offline mount answers from its cache at once
-        instead of every lookup sitting through the whole backoff ladder.
+        All attempts of one call share one timeout: a request that timed out is not tried again,
+        and no retry starts past the first attempt's deadline, so a caller waits about one timeout
+        at most. Once a call has failed this way the server counts as down for `DOWN_WINDOW`:
+        calls then get one attempt each, so an offline mount answers from its cache at once.
         """
         query = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()}
         retries = 0 if time.monotonic() < self._down_until else self.retries
+        deadline = time.monotonic() + self.timeout
         for attempt in range(retries + 1):
+            timeout = self._attempt_timeout(deadline, stream)
             try:
-                response = self._attempt("GET", url, params=query, headers=headers, stream=stream)
+                response = self._attempt(
+                    "GET", url, params=query, headers=headers, stream=stream, timeout=timeout
+                )
                 if response.ok:
                     self._down_until = 0.0
                     return response
@@ -338,23 +383,32 @@ class Client:
                 failure = exc
             if not failure.retryable:
                 raise failure.error
-            if attempt == retries:
+            delay = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
+            if attempt == retries or time.monotonic() + delay >= deadline:
                 self._down_until = time.monotonic() + DOWN_WINDOW
                 raise failure.error
-            delay = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
             log.info("%s (retry %d of %d in %.1f s)", failure, attempt + 1, retries, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _attempt_timeout(self, deadline: float, stream: bool) -> tuple[float, float]:
+        """(connect, read) timeouts of one attempt: what is left of the call's timeout. A stream's
+        read timeout stays whole, as it also bounds each wait for the next chunk of its body."""
+        left = max(deadline - time.monotonic(), 0.1)
+        return min(left, CONNECT_TIMEOUT), self.timeout if stream else left
+
     def _attempt(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """One request with connect and read timeouts; network failures become `_Failure`s."""
         shown = printable(url) + ("?" + urlencode(kwargs["params"]) if kwargs.get("params") else "")
-        timeout = (min(self.timeout, 10.0), self.timeout)
+        kwargs.setdefault("timeout", (min(self.timeout, CONNECT_TIMEOUT), self.timeout))
         try:
-            response = self._session.request(method, url, timeout=timeout, **kwargs)
+            response = self._session.request(method, url, **kwargs)
         except requests.Timeout as exc:
-            error: BlfsError = RemoteTimeout(f"{shown}: no answer within {self.timeout:g} s")
+            waited = kwargs["timeout"][1]
+            error: BlfsError = RemoteTimeout(f"{shown}: no answer within {waited:.3g} s")
             raise _Failure(error, retryable=True) from exc
+        except requests.exceptions.SSLError as exc:
+            raise _Failure(BlfsError(_tls_failure(url, exc))) from exc
         except requests.RequestException as exc:
             error = RemoteError(f"{shown}: cannot reach the server ({type(exc).__name__})")
             raise _Failure(error, retryable=True) from exc
@@ -429,6 +483,26 @@ def _expiry(token: str, tokens: TokenStore | None) -> tuple[float, float]:
         where = f" in {tokens.path}" if tokens else ""
         raise AccessDenied(f"the brainlife token{where} is unreadable: {LOGIN_HINT}") from exc
     return exp, lifetime
+
+
+def _is_health(response: requests.Response) -> bool:
+    """brainlife services answer /health with `{"status": "ok"|"failed", …}` (API §2)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return response.ok and isinstance(body, dict) and "status" in body
+
+
+def _tls_failure(url: str, exc: requests.exceptions.SSLError) -> str:
+    """One line: what failed, and where a private CA's bundle goes."""
+    reason = str(getattr(exc.args[0], "reason", exc) if exc.args else exc)
+    detail = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)|\W+$", "", reason)
+    variables = " or ".join(CA_BUNDLE_VARIABLES)
+    return (
+        f"TLS verification failed for {urlsplit(url).netloc} ({detail}); if it uses a private CA,"
+        f" give its bundle in {variables}=/path/to/ca.pem"
+    )
 
 
 def _check_id(value: str, what: str) -> None:

@@ -1,22 +1,31 @@
 """The on-disk cache of complete objects and task files: layout, locks, staging, the size bound.
 
-Layout under the root (all on one filesystem, so a rename is atomic):
+Layout under the root (all on one filesystem, so a rename is atomic; every directory 0700, every
+file 0600 whatever the umask, and an older cache with looser modes is tightened when opened):
     objects/<id>/index.json, objects/<id>/data/…   a complete object (member index + files)
+    objects/<id>/journal                            the members as they arrived (see below)
     tasks/<task_id>/<path>                          a complete task output file
     tmp/<uuid>[.lock]                               staging entries; the lock file holds the
                                                     bytes reserved for it, locked by its writer
     locks/<digest>.fetch | .use, locks/cache.lock   per-key and cache-wide lock files
+    failures/<digest>                               the last failed download of a key (failures.py)
     ledger                                          the complete entries and their sizes (below)
 
-Something is complete only once it has appeared by one `rename` from `tmp/`; nothing else is ever
-written under `objects/` or `tasks/`. Eviction renames an entry back into `tmp/` before deleting it.
+Something is complete only once it has appeared by one `rename` from `tmp/`, with every byte and
+the index synced before; nothing else is ever written under `objects/` or `tasks/`. Eviction
+renames an entry back into `tmp/` before deleting it. Whatever else is found there (a stray file,
+an object dir without a readable index, a file whose size disagrees with its index) is damage:
+it is discarded when seen and fetched again on next use, never served.
 
-Locking is `fcntl.flock`: `<key>.fetch` exclusive while one process downloads that key; `<key>.use`
-shared while a process has the entry open, and taken exclusive (non-blocking) by eviction, which
-skips entries it cannot lock; `cache.lock` exclusive while the cache is scanned, space reserved,
-entries evicted or committed. Locks die with their process. On NFS, Linux maps flock to POSIX
-byte-range locks (so every lock file is opened read-write); that needs a working lock manager.
-Last use is the mtime of `index.json` (objects) or of the file (tasks), set when opened.
+Locking is `fcntl.flock`: `<key>.fetch` exclusive while one process downloads that key, which
+writes the name of its staging entry into that file so other processes can read the members as
+they arrive (`journal` in the staging dir: one JSON line per member header, then the end or the
+failure; bytes present = the sizes of the files); `<key>.use` shared while a process has the
+entry open, and taken exclusive (non-blocking) by eviction, which skips entries it cannot lock;
+`cache.lock` exclusive while the cache is scanned, space reserved, entries evicted or committed.
+Locks die with their process. On NFS, Linux maps flock to POSIX byte-range locks (so every lock
+file is opened read-write); that needs a working lock manager. Last use is the mtime of
+`index.json` (objects) or of the file (tasks), set when opened.
 
 The bound is kept without rescanning the cache: every process holds the sizes of the complete
 entries in memory and learns what other processes committed or evicted from the `ledger`, an
@@ -24,18 +33,16 @@ append-only file of one line per change, written under the cache lock (before a 
 after an eviction's). So each lock session reads only the lines it has not seen, and the worst a
 process killed between the two steps leaves is an entry counted that is not there, dropped when
 eviction reaches it. A process rebuilds the ledger from the disk when it starts (after a power
-loss its tail may be lost) or finds it torn, and compacts it when it has grown long; a new first
-line tells the others to read it again from the start. Eviction order is a heap of last uses as
-last seen, each checked by one stat when it reaches the top (a use only moves an entry later),
-so evicting costs O(log n) per entry rather than a sort of the whole cache.
+loss its tail may be lost) or finds it torn or unreadable, and compacts it when it has grown
+long; a new first line tells the others to read it again from the start. Eviction order is a heap
+of last uses as last seen, each checked by one stat when it reaches the top (a use only moves an
+entry later), so evicting costs O(log n) per entry rather than a sort of the whole cache.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
-import heapq
 import json
 import logging
 import os
@@ -48,9 +55,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
+from blfs.eviction import EvictionOrder
+from blfs.failures import Failures
+from blfs.ledger import Ledger
+from blfs.locks import FileLock
+from blfs.private import DIR_MODE, FILE_MODE, private_dir, tighten_children
 
 log = logging.getLogger("blfs.cache")
 
@@ -58,10 +70,9 @@ INDEX = "index.json"
 LEDGER = "ledger"
 DATA = "data"
 LOCK_WAIT = 60.0  # bound on waiting for the cache-wide lock or a pin (held for milliseconds)
-_POLL_MIN, _POLL_MAX = 0.01, 0.2
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _RESERVATION_WIDTH = 20
-T = TypeVar("T")
+_LAYOUT = ("objects", "tasks", "tmp", "locks")
 
 
 @dataclass(frozen=True)
@@ -84,214 +95,39 @@ def task_key(task_id: str, path: str) -> str:
     return f"tasks/{_checked_id(task_id)}/{'/'.join(parts)}"
 
 
+def lock_path(root: Path, key: str, kind: str) -> Path:
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return root / "locks" / f"{digest}.{kind}"
+
+
+def settled(root: Path, key: str) -> bool:
+    """Whether no process is downloading `key` into the cache at `root` any more (it was
+    committed, or failed): a reader's listing comes before the commit, which is off its path."""
+    probe = FileLock(lock_path(root, key, "fetch"), exclusive=False)
+    if not probe.try_acquire():
+        return False
+    probe.release()
+    return True
+
+
 def _checked_id(identifier: str) -> str:
     if not _SAFE_ID.match(identifier) or identifier in (".", ".."):
         raise NotFound(f"not a valid id: {identifier!r}")
     return identifier
 
 
-class FileLock:
-    """An flock on a lock file that is verified to still be the file at its path once locked
-    (an exclusive holder may unlink it, as eviction and finished downloads do)."""
-
-    def __init__(self, path: Path, exclusive: bool) -> None:
-        self.path = path
-        self._operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, self._operation | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        try:
-            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
-            return self.try_acquire()
-        self._fd = fd
-        return True
-
-    def acquire(
-        self, deadline: float, what: str, ready: Callable[[], bool] = lambda: False
-    ) -> bool:
-        """Polls until locked (True) or `ready()` (False); RemoteTimeout at the deadline."""
-        pause = _POLL_MIN
-        while not self.try_acquire():
-            if ready():
-                return False
-            if time.monotonic() >= deadline:
-                raise RemoteTimeout(f"timed out waiting for {what}")
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-        return True
-
-    @property
-    def fd(self) -> int:
-        assert self._fd is not None, "lock not held"
-        return self._fd
-
-    def release(self, unlink: bool = False) -> None:
-        if self._fd is None:
-            return
-        if unlink:
-            with _ignore_missing():
-                os.unlink(self.path)
-        os.close(self._fd)
-        self._fd = None
-
-
-def _ignore_missing() -> suppress:
-    return suppress(FileNotFoundError)
-
-
-class Ledger:
-    """The shared record of complete entries and their sizes, replayed incrementally.
-
-    The first line names this version of the file (a new one on every rewrite); each further
-    line is a JSON `["+", key, size]` or `["-", key, 0]`. All methods run under the cache lock.
-    """
-
-    _MAGIC = b"blfs-ledger-1 "
-    compact_after = 10_000  # lines beyond twice the entries that make a rewrite worthwhile
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sizes: dict[str, int] = {}
-        self.used = 0
-        self.epoch = 0  # bumped whenever `sizes` is replaced by another process's rewrite
-        self._name: bytes | None = None
-        self._offset = 0
-        self._lines = 0
-
-    def catch_up(self) -> list[str] | None:
-        """Applies the lines appended since the last call and returns the keys they added
-        (all keys, with a new epoch, if the file was rewritten); None if it is missing or torn."""
-        try:
-            with open(self.path, "rb") as file:
-                name = file.readline()
-                if not name.startswith(self._MAGIC) or not name.endswith(b"\n"):
-                    return None
-                if name != self._name:
-                    self._name, self._offset, self._lines = name, len(name), 0
-                    self.sizes, self.used, self.epoch = {}, 0, self.epoch + 1
-                file.seek(self._offset)
-                tail = file.read()
-        except FileNotFoundError:
-            return None
-        if not tail:
-            return []
-        if not tail.endswith(b"\n"):
-            return None  # a writer was killed mid-line
-        added = []
-        try:
-            for line in tail.splitlines():
-                op, key, size = json.loads(line)
-                self._apply(op, key, int(size))
-                if op == "+":
-                    added.append(key)
-        except (ValueError, TypeError):
-            return None
-        self._offset += len(tail)
-        return added
-
-    def _apply(self, op: str, key: str, size: int) -> None:
-        self._lines += 1
-        self.used -= self.sizes.pop(key, 0)
-        if op == "+":
-            self.sizes[key] = size
-            self.used += size
-        elif op != "-":
-            raise ValueError(f"unknown ledger operation {op!r}")
-
-    def append(self, op: str, key: str, size: int = 0) -> None:
-        """Records a commit ("+") or an eviction ("-"); compacts the file when it has grown long."""
-        line = _record(op, key, size)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        try:
-            _write_all(fd, line)
-        finally:
-            os.close(fd)
-        self._offset += len(line)
-        self._apply(op, key, size)
-        if self._lines > 2 * len(self.sizes) + self.compact_after:
-            try:
-                self.rewrite(self.sizes)
-            except OSError as exc:  # e.g. a full disk: the long file is still right
-                log.warning("cannot compact the cache ledger %s: %s", self.path, exc)
-
-    def rewrite(self, sizes: dict[str, int]) -> None:
-        """Replaces the file (atomically, under a new name) with one line per entry."""
-        name = self._MAGIC + uuid.uuid4().hex.encode() + b"\n"
-        lines = [_record("+", key, size) for key, size in sizes.items()]
-        body = name + b"".join(lines)
-        temporary = self.path.parent / "tmp" / f"ledger-{uuid.uuid4().hex}"
-        temporary.write_bytes(body)
-        os.replace(temporary, self.path)
-        self._name, self._offset, self._lines = name, len(body), len(lines)
-        self.sizes = dict(sizes)
-        self.used = sum(sizes.values())
-
-
-def _record(op: str, key: str, size: int) -> bytes:
-    return json.dumps([op, key, size], separators=(",", ":")).encode() + b"\n"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class Staging:
-    """An entry being written under tmp/, with the bytes reserved for it; commit() publishes it."""
+    """An entry being written under tmp/, with the bytes reserved for it (Cache.stage)."""
 
-    def __init__(self, cache: Cache, key: str, path: Path, lock: FileLock, reserved: int) -> None:
-        self.cache = cache
+    def __init__(self, key: str, path: Path, lock: FileLock, reserved: int) -> None:
         self.key = key
         self.path = path
-        self._lock = lock
+        self.lock = lock
         self.reserved = reserved
-        self.written = 0
 
-    def _record(self) -> None:
-        os.pwrite(self._lock.fd, f"{self.reserved:0{_RESERVATION_WIDTH}d}".encode(), 0)
-
-    def add(self, nbytes: int) -> None:
-        """Counts bytes written; reserves more (evicting) when they pass the reservation."""
-        self.written += nbytes
-        if self.written > self.reserved:
-            self.reserved = self.written + max(64 << 20, self.written // 4)
-            with self.cache.locked():
-                self.cache._evict_for(self.reserved, exclude=self.path.name)
-                self._record()
-
-    def commit(self) -> Path:
-        """Renames the staged entry into place (atomically) and returns its final path."""
-        final = self.cache.root / self.key
-        with self.cache.locked():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if self.key.startswith("objects/") and final.exists():
-                shutil.rmtree(self.path, ignore_errors=True)  # another writer finished first
-            else:
-                self.cache._admit(self.key, self.written)
-                os.replace(self.path, final)
-            self._lock.release(unlink=True)
-        self.cache.touch(self.key)
-        return final
-
-    def discard(self) -> None:
-        """Removes whatever was staged; safe to call after commit()."""
-        if self.path.is_dir():
-            shutil.rmtree(self.path, ignore_errors=True)
-        else:
-            with _ignore_missing():
-                os.unlink(self.path)
-        self._lock.release(unlink=True)
+    def record(self) -> None:
+        """(Under the cache lock.) Publishes the reservation to the other processes."""
+        os.pwrite(self.lock.fd, f"{self.reserved:0{_RESERVATION_WIDTH}d}".encode(), 0)
 
 
 class Pin:
@@ -305,22 +141,23 @@ class Pin:
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._cache._unpin(self.key)
+            self._cache.unpin(self.key)
 
 
 class Cache:
-    """A persistent, size-bounded store shared by every mount and process using `root`."""
+    """A persistent, size-bounded store shared by every mount and process using `root`: the
+    bound, the ledger and the eviction order. What is written into an entry is up to its item."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
-        for sub in ("objects", "tasks", "tmp", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        _layout(self.root)
+        self.failures = Failures(self.root / "failures")
         self._mutex = threading.Lock()
         self._cache_mutex = threading.Lock()  # threads queue here rather than poll the flock
         self._pins: dict[str, tuple[int, FileLock]] = {}
         self._ledger = Ledger(self.root / LEDGER)
-        self._order: list[tuple[float, str]] = []  # (last use as last seen, key): a heap
+        self._order = EvictionOrder(self._last_use)
         with self.locked():
             self._rebuild()
             self._reservations(exclude=None)  # removes staging left by killed processes
@@ -330,8 +167,7 @@ class Cache:
         return self.root / key
 
     def _lock_path(self, key: str, kind: str) -> Path:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        return self.root / "locks" / f"{digest}.{kind}"
+        return lock_path(self.root, key, kind)
 
     def fetch_lock(self, key: str) -> FileLock:
         """The lock one process holds while it downloads `key`."""
@@ -355,19 +191,24 @@ class Cache:
 
     # -- complete entries ------------------------------------------------------------------
     def is_complete(self, key: str) -> bool:
-        return os.path.exists(self.root / key)
+        marker = self.root / key / INDEX if key.startswith("objects/") else self.root / key
+        return os.path.isfile(marker)
 
     def read_index(self, key: str) -> dict[str, Any] | None:
-        """The member index of a complete object, or None if it is not (or no longer) there."""
+        """The member index of a complete object; None if it is not there or not readable."""
         try:
-            return json.loads((self.root / key / INDEX).read_text())
-        except FileNotFoundError:
-            return None
+            index = json.loads((self.root / key / INDEX).read_bytes())
+            members = index["members"]
+            if isinstance(index["bytes"], int) and isinstance(members, list):
+                return index
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
 
     def touch(self, key: str) -> None:
         """Marks an entry as just used (its LRU position)."""
         marker = self.root / key / INDEX if key.startswith("objects/") else self.root / key
-        with _ignore_missing():
+        with suppress(FileNotFoundError):
             os.utime(marker)
 
     def pin(self, key: str, deadline: float) -> Pin:
@@ -389,7 +230,8 @@ class Cache:
         self.touch(key)
         return Pin(self, key)
 
-    def _unpin(self, key: str) -> None:
+    def unpin(self, key: str) -> None:
+        """(Pin.release.) The last release of a key trims the cache to its bound."""
         with self._mutex:
             count, lock = self._pins[key]
             if count > 1:
@@ -398,6 +240,13 @@ class Cache:
             del self._pins[key]
             lock.release()
         self.trim()
+
+    def discard_damaged(self, key: str, why: str) -> None:
+        """Removes an entry found damaged (it is fetched again on next use), even if in use:
+        open files stay readable, and nothing may be served from it any more."""
+        log.warning("discarding damaged cache entry %s: %s", key, why)
+        with self.locked():
+            self._remove(key)
 
     # -- staging and space ---------------------------------------------------------------------
     def stage(self, key: str, reserve: int, directory: bool) -> Staging:
@@ -410,34 +259,56 @@ class Cache:
             lock = FileLock(path.with_name(name + ".lock"), exclusive=True)
             if not lock.try_acquire():
                 raise BlfsError(f"cannot lock new staging entry {path}")
-            staging = Staging(self, key, path, lock, reserve)
+            staging = Staging(key, path, lock, reserve)
             try:
-                staging._record()
+                staging.record()
                 if directory:
-                    path.mkdir()
+                    path.mkdir(mode=DIR_MODE)
                 else:
-                    path.touch()
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             except OSError as exc:
-                staging.discard()
+                self.discard(staging)
                 raise CacheFull(f"cannot create a staging entry in {self.root}: {exc}") from None
         return staging
 
-    def room(self, what: str, needed: int, write: Callable[[], T]) -> T:
-        """Runs a write; on ENOSPC evicts and retries once, then CacheFull."""
-        try:
-            return write()
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+    def reserve(self, staging: Staging, written: int) -> None:
+        """Sets more aside (evicting) once `written` bytes have passed the reservation."""
+        if written <= staging.reserved:
+            return
+        staging.reserved = written + max(64 << 20, written // 4)
         with self.locked():
-            freed = self._free_disk(needed)
-        log.warning("cache filesystem full while writing %s: evicted %d bytes", what, freed)
-        try:
-            return write()
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise CacheFull(f"no space left in the cache {self.root} for {what}") from None
+            self._evict_for(staging.reserved, exclude=staging.path.name)
+            staging.record()
+
+    def free_disk(self, needed: int) -> int:
+        """Evicts until the filesystem has `needed` bytes free (a full disk); the bytes freed."""
+
+        def enough(_: int) -> bool:
+            stats = os.statvfs(self.root)
+            return stats.f_bavail * stats.f_frsize >= needed + (1 << 20)
+
+        with self.locked():
+            return self._evict_until(enough)
+
+    def commit(self, staging: Staging, size: int) -> Path:
+        """Renames the staged entry into place (atomically) and returns its final path."""
+        final = self.root / staging.key
+        with self.locked():
+            if staging.key.startswith("objects/") and self.read_index(staging.key) is not None:
+                shutil.rmtree(staging.path, ignore_errors=True)  # another writer finished first
+            else:
+                self._remove(staging.key)  # a damaged leftover, if any
+                private_dir(final.parent)
+                self._admit(staging.key, size)
+                os.replace(staging.path, final)
+            staging.lock.release(unlink=True)
+        self.touch(staging.key)
+        return final
+
+    def discard(self, staging: Staging) -> None:
+        """Removes whatever was staged; safe to call after commit()."""
+        _remove_path(staging.path)
+        staging.lock.release(unlink=True)
 
     def trim(self) -> None:
         """Evicts least-recently-used entries until the cache is within its bound."""
@@ -450,35 +321,10 @@ class Cache:
         if over > 0:
             self._evict_until(lambda freed: freed >= over)
 
-    def _free_disk(self, needed: int) -> int:
-        """(Under the cache lock.) Evicts until the filesystem has `needed` bytes free."""
-
-        def enough(_: int) -> bool:
-            stats = os.statvfs(self.root)
-            return stats.f_bavail * stats.f_frsize >= needed + (1 << 20)
-
-        return self._evict_until(enough)
-
     def _evict_until(self, enough: Callable[[int], bool]) -> int:
         """(Under the cache lock.) Evicts unpinned entries, least recently used first, until
         `enough(bytes freed)`; returns the bytes freed."""
-        freed = 0
-        in_use = []
-        while self._order and not enough(freed):
-            seen, key = heapq.heappop(self._order)
-            size = self._ledger.sizes.get(key)
-            if size is None:
-                continue  # evicted since it was queued
-            last_use = self._last_use(key)
-            if last_use is not None and last_use > seen:
-                heapq.heappush(self._order, (last_use, key))  # used since: not the oldest
-            elif last_use is None or self._evict(key):
-                freed += size
-            else:
-                in_use.append((seen, key))
-        for item in in_use:
-            heapq.heappush(self._order, item)
-        return freed
+        return self._order.evict_until(self._ledger.sizes, self._evict, enough)
 
     def _last_use(self, key: str) -> float | None:
         """The mtime that marks an entry's last use; None (and recorded) if it is gone."""
@@ -486,7 +332,7 @@ class Cache:
         try:
             return os.stat(marker).st_mtime
         except FileNotFoundError:
-            self._forget(key)
+            self._remove(key)
             return None
 
     def _evict(self, key: str) -> bool:
@@ -498,21 +344,27 @@ class Cache:
             if not lock.try_acquire():
                 return False
         try:
-            doomed = self.root / "tmp" / f"evict-{uuid.uuid4().hex}"
-            try:
-                os.rename(self.root / key, doomed)
-            except FileNotFoundError:
-                self._forget(key)
-                return False
-            self._ledger.append("-", key)
+            removed = self._remove(key)
         finally:
             lock.release(unlink=True)
-        if doomed.is_dir():
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            os.unlink(doomed)
+        if removed:
+            log.info("evicted %s from the cache", key)
+        return removed
+
+    def _remove(self, key: str) -> bool:
+        """(Under the cache lock.) Takes an entry (or a damaged leftover) off the disk and the
+        ledger: renamed into tmp/ first, so it vanishes at once and whole."""
+        doomed = self.root / "tmp" / f"evict-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.root / key, doomed)
+        except (FileNotFoundError, NotADirectoryError):
+            doomed = None
+        if key in self._ledger.sizes:
+            self._ledger.append("-", key)
+        if doomed is None:
+            return False
+        _remove_path(doomed)
         self._remove_empty_parents(self.root / key)
-        log.info("evicted %s from the cache", key)
         return True
 
     def _remove_empty_parents(self, path: Path) -> None:
@@ -534,26 +386,18 @@ class Cache:
             probe = FileLock(lock_path, exclusive=False)
             if probe.try_acquire():
                 try:
-                    self._remove_staging(tmp / name)
+                    _remove_path(tmp / name)
                 finally:
                     probe.release(unlink=True)
                 continue
             live.add(name)
             if name != exclude:
-                with _ignore_missing(), open(lock_path, "rb") as file:
+                with suppress(OSError, ValueError), open(lock_path, "rb") as file:
                     total += int(file.read(_RESERVATION_WIDTH) or 0)
         for path in tmp.iterdir():
             if not path.name.endswith(".lock") and path.name not in live:
-                self._remove_staging(path)
+                _remove_path(path)
         return total
-
-    def _remove_staging(self, path: Path) -> None:
-        if path.is_dir():
-            log.info("removing stale staging %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with _ignore_missing():
-                os.unlink(path)
 
     def _admit(self, key: str, size: int) -> None:
         """(Under the cache lock, before the rename that commits it.) Counts a new entry."""
@@ -563,13 +407,7 @@ class Cache:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise CacheFull(f"no space left in the cache {self.root} to record {key}") from None
-        heapq.heappush(self._order, (0.0, key))
-
-    def _forget(self, key: str) -> None:
-        """(Under the cache lock.) Records an entry found gone without a record (its evictor
-        was killed, or it was removed by hand)."""
-        if key in self._ledger.sizes:
-            self._ledger.append("-", key)
+        self._order.add(key)
 
     def _catch_up(self) -> None:
         """(Under the cache lock.) Learns what other processes committed and evicted."""
@@ -579,33 +417,42 @@ class Cache:
             self._rebuild()
             return
         if self._ledger.epoch != epoch:
-            self._order = []
+            self._order.reset(())
         for key in added:
-            heapq.heappush(self._order, (0.0, key))
+            self._order.add(key)
 
     def _rebuild(self) -> None:
         """(Under the cache lock.) Makes the ledger match the complete entries on disk, taking
-        sizes it already knows from it (entries never change) and the rest from the disk."""
+        sizes it already knows from it (entries never change) and the rest from their index;
+        whatever is not a complete entry is discarded."""
         known = self._ledger.sizes
         sizes = {}
         for child in os.scandir(self.root / "objects"):
             key = f"objects/{child.name}"
-            size = known.get(key)
+            size = self._object_size(key, known, child.is_dir(follow_symlinks=False))
             if size is None:
-                with suppress(FileNotFoundError, ValueError):
-                    size = int((self.read_index(key) or {})["bytes"])
-            if size is not None:
+                log.warning("discarding damaged cache entry %s: no readable index", key)
+                self._remove(key)
+            else:
                 sizes[key] = size
         tasks = self.root / "tasks"
         for directory, _, files in os.walk(tasks):
             for name in files:
                 path = os.path.join(directory, name)
                 key = "tasks/" + os.path.relpath(path, tasks)
-                with _ignore_missing():
+                with suppress(FileNotFoundError):
                     sizes[key] = known[key] if key in known else os.stat(path).st_size
         self._ledger.rewrite(sizes)
-        self._order = [(0.0, key) for key in sizes]
-        heapq.heapify(self._order)
+        self._order.reset(sizes)
+
+    def _object_size(self, key: str, known: dict[str, int], is_dir: bool) -> int | None:
+        """The size of a complete object on disk; None if it is damaged or not an object."""
+        if not is_dir or not self.is_complete(key):
+            return None
+        if key in known:
+            return known[key]
+        index = self.read_index(key)
+        return None if index is None else index["bytes"]
 
     # -- what the CLI shows --------------------------------------------------------------------
     def usage(self) -> tuple[int, int]:
@@ -624,8 +471,34 @@ class Cache:
         return sorted(entries, key=lambda entry: entry.last_use)
 
     def clear(self, keys: Iterable[str] | None = None) -> list[str]:
-        """Evicts the given entries (default: all); entries in use are skipped. Returns the
-        keys removed."""
+        """Evicts the given entries (default: all) and forgets their failures; entries in use
+        are skipped. Returns the keys removed."""
+        if keys is None:
+            self.failures.forget_all()
+        for key in keys or ():
+            self.failures.forget(key)
         with self.locked():
             wanted = list(self._ledger.sizes) if keys is None else list(keys)
             return [key for key in wanted if self._evict(key)]
+
+
+def _layout(root: Path) -> None:
+    """The cache's directories, owner-only, with anything else found in their place removed."""
+    private_dir(root)
+    for name in _LAYOUT:
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        private_dir(path)
+    tighten_children(root)
+    tighten_children(root / "objects")
+    tighten_children(root / "tasks")
+
+
+def _remove_path(path: Path) -> None:
+    """Removes a file or a whole directory, whichever it is; gone already is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(FileNotFoundError):
+            os.unlink(path)

@@ -8,21 +8,27 @@ Knows nothing of paths beyond what a tree or a task listing is; knows nothing of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from blfs import bids
 from blfs.auth import claims
-from blfs.errors import NotFound
+from blfs.errors import AccessDenied, NotFound
 from blfs.metacache import MetaCache
 from blfs.metastore import MetaStore
 from blfs.names import Named, unique_names
 from blfs.nodes import Attr, json_bytes
-from blfs.tree import DATASET_SELECT, Branch, build_tree, timestamp
+from blfs.tree import DATASET_SELECT, Branch, build_tree, records, timestamp
 
 if TYPE_CHECKING:
     from blfs.api import Client
 
+# What the summary of objects in other states shows of each (the API requires `project`).
+STATE_SELECT = "project status status_msg meta datatype create_date"
 # A finished task's output never changes: its listings are kept this long (or `ttl` if longer).
 FINISHED_TASK_TTL = 24 * 3600.0
 # Stored objects do not change: their `_product.json` is fetched once, then kept.
@@ -48,16 +54,33 @@ def readable(project: dict[str, Any], sub: str | None) -> bool:
     return sub is not None and sub in {str(p) for p in people}
 
 
+def participants_readable(project: dict[str, Any], sub: str | None) -> bool:
+    """The warehouse's rule for a participant table: published, or the user is a member or
+    an admin (API §2 GET /participant)."""
+    if project.get("publishParticipantsInfo"):
+        return True
+    people = [*project.get("members", []), *project.get("admins", [])]
+    return sub is not None and sub in {str(p) for p in people}
+
+
 def label(record: dict[str, Any]) -> str:
     """A process's or task's human name: its name, else its description, else its id."""
     return record.get("name") or record.get("desc") or record["_id"]
 
 
-def task_listing(entries: Iterable[dict[str, Any]]) -> dict[str, Attr]:
-    """A task directory from `/task/ls`. Symlinks count as what they point to; broken ones (no
-    `directory` flag) are hidden. A symlinked file's listed size is the link's own, not that of
-    the file a download serves: it is marked inexact."""
+@dataclass(frozen=True)
+class TaskListing:
+    """A task directory from `/task/ls`, and which of its files are symlinks (whose listed size
+    is the link's own, not that of the file a download serves)."""
+
+    attrs: dict[str, Attr]
+    file_links: frozenset[str]
+
+
+def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
+    """Symlinks count as what they point to; broken ones (no `directory` flag) are hidden."""
     shown: dict[str, Attr] = {}
+    file_links = set()
     for entry in entries:
         name = entry.get("filename") or ""
         if name in ("", ".", "..") or "/" in name or "directory" not in entry:
@@ -65,9 +88,25 @@ def task_listing(entries: Iterable[dict[str, Any]]) -> dict[str, Attr]:
         attrs = entry.get("attrs") or {}
         is_dir = bool(entry["directory"])
         size = 0 if is_dir else int(attrs.get("size") or 0)
-        file_link = bool(entry.get("link")) and not is_dir
-        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")), exact=not file_link)
-    return dict(sorted(shown.items()))
+        link = bool(entry.get("link")) and not is_dir
+        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")), exact=not link)
+        if link:
+            file_links.add(name)
+    return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
+
+
+def _not_shown(record: dict[str, Any], datatypes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    meta = record.get("meta") or {}
+    datatype = datatypes.get(str(record.get("datatype")), {}).get("name", record.get("datatype"))
+    return {
+        "_id": record["_id"],
+        "status": record.get("status"),
+        "status_msg": record.get("status_msg"),
+        "datatype": datatype,
+        "subject": meta.get("subject"),
+        "session": meta.get("session"),
+        "create_date": record.get("create_date"),
+    }
 
 
 def is_finished(task: dict[str, Any]) -> bool:
@@ -78,7 +117,8 @@ class Catalog:
     """Metadata answers by kind, each cached for the TTL (finished tasks' outputs longer).
 
     What is cached (and kept on disk by `store`) is the server's raw answer; the shapes the
-    namespace uses (named records, trees, listings) are built from it.
+    namespace uses (named records, trees, listings) are built from it. Views made from other
+    answers (BIDS) are kept in memory only.
     """
 
     def __init__(self, client: Client, ttl: float = 60.0, store: MetaStore | None = None) -> None:
@@ -91,7 +131,7 @@ class Catalog:
 
     def projects(self) -> Named[dict[str, Any]]:
         def build(projects: list[dict[str, Any]]) -> Named[dict[str, Any]]:
-            sub = token_subject(self._client.tokens.get() if self._client.tokens else None)
+            sub = self._subject()
             shown = [
                 (p["_id"], p.get("name"), p)
                 for p in projects
@@ -100,6 +140,9 @@ class Catalog:
             return unique_names(shown)
 
         return self._cache.get("projects", self._client.projects, build)
+
+    def _subject(self) -> str | None:
+        return token_subject(self._client.tokens.get() if self._client.tokens else None)
 
     def datatypes(self) -> dict[str, dict[str, Any]]:
         return self._cache.get("datatypes", self._client.datatypes)
@@ -126,6 +169,83 @@ class Catalog:
 
         return self._cache.get(("release", release_id), fetch, build)
 
+    def participants_readable(self, project: dict[str, Any]) -> bool:
+        """Whether this user may read the project's participant table (no request needed)."""
+        return participants_readable(project, self._subject())
+
+    def participants(self, project_id: str) -> dict[str, Any] | None:
+        """The project's participant table, or None when it is not published to this user."""
+
+        def fetch() -> dict[str, Any] | None:
+            try:
+                return self._client.participants(project_id)
+            except (AccessDenied, NotFound):
+                return None
+
+        return self._cache.get(("participants", project_id), fetch)
+
+    def project_bids(self, project: dict[str, Any]) -> bids.Dataset:
+        """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""
+        project_id = project["_id"]
+        url = f"{self._client.site}/project/{project_id}"
+        source = bids.Source(
+            name=project.get("name") or project_id,
+            url=url,
+            readme=f"{project.get('name')}\n\n{url}\n\n{project.get('desc') or ''}\n",
+            records=(),
+            participants=None,
+        )
+
+        def make() -> bids.Dataset:
+            return self._bids(source, self.project_tree(project_id), project_id)
+
+        return self._cache.made(("project_bids", project_id), make)
+
+    def release_bids(self, pub: dict[str, Any], release: dict[str, Any]) -> bids.Dataset:
+        """A release's BIDS view: its objects, with the publication's licence and DOI."""
+        url = f"{self._client.site}/pub/{pub['_id']}"
+        name = f"{pub.get('name') or pub['_id']} (release {release.get('name')})"
+        source = bids.Source(
+            name=name,
+            url=url,
+            readme=f"{name}\n\n{url}\n\n{pub.get('desc') or ''}\n",
+            records=(),
+            participants=None,
+            release=pub,
+        )
+
+        def make() -> bids.Dataset:
+            return self._bids(source, self.release_tree(release["_id"]), pub.get("project"))
+
+        return self._cache.made(("release_bids", release["_id"]), make)
+
+    def _bids(self, source: bids.Source, tree: Branch, project_id: str | None) -> bids.Dataset:
+        participants = self.participants(project_id) if project_id else None
+        filled = dataclasses.replace(
+            source, records=tuple(records(tree)), participants=participants
+        )
+        return bids.dataset(filled, self.datatypes(), self._client.site)
+
+    def object_states(self, project_id: str) -> dict[str, Any]:
+        """How many of the project's objects are in each state, and the ones not shown (still
+        `storing`, or `failed`) with the server's word on them: a missing upload explained."""
+
+        def fetch() -> list[dict[str, Any]]:
+            find = {"project": project_id, "removed": False, "status": {"$ne": "stored"}}
+            return list(self._client.datasets(find, select=STATE_SELECT))
+
+        def build(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            others = [r for r in rows if r.get("status") != "stored"]
+            counts = Counter(str(r.get("status")) for r in others)
+            counts["stored"] = len(records(self.project_tree(project_id)))
+            datatypes = self.datatypes()
+            return {
+                "counts": dict(sorted(counts.items())),
+                "not_shown": [_not_shown(r, datatypes) for r in others],
+            }
+
+        return self._cache.get(("states", project_id), fetch, build)
+
     def pubs(self) -> Named[dict[str, Any]]:
         def build(pubs: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names((p["_id"], p.get("name"), p) for p in pubs if not p.get("removed"))
@@ -136,28 +256,29 @@ class Catalog:
         def build(instances: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names((i["_id"], label(i), i) for i in instances)
 
-        return self._cache.get(
-            ("instances", group_id), lambda: self._client.instances(group_id), build
-        )
+        fetch = functools.partial(self._client.instances, group_id)
+        return self._cache.get(("instances", group_id), fetch, build)
 
-    def tasks(self, instance_id: str) -> Named[dict[str, Any]]:
+    def tasks(self, instance_id: str, reserved: Iterable[str] = ()) -> Named[dict[str, Any]]:
+        """A process's tasks by name; a task named like one of `reserved` gets an id suffix."""
+
         def build(tasks: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names(
-                (t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"
+                ((t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"),
+                reserved=reserved,
             )
 
-        return self._cache.get(
-            ("tasks", instance_id), lambda: self._client.tasks(instance_id), build
-        )
+        fetch = functools.partial(self._client.tasks, instance_id)
+        return self._cache.get(("tasks", instance_id), fetch, build)
 
     def _task_ttl(self, task: dict[str, Any]) -> float | None:
         """A finished task's outputs never change: keep what was learnt of them long."""
         return max(FINISHED_TASK_TTL, self._cache.ttl) if is_finished(task) else None
 
-    def task_listing(self, task: dict[str, Any], relpath: str) -> dict[str, Attr]:
+    def task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
         return self._cache.get(
             ("task_ls", task["_id"], relpath),
-            lambda: self._client.task_ls(task["_id"], relpath),
+            functools.partial(self._client.task_ls, task["_id"], relpath),
             task_listing,
             ttl=self._task_ttl(task),
         )
@@ -174,9 +295,8 @@ class Catalog:
                     pass
                 return body.bytes_read
 
-        return self._cache.get(
-            ("task_link", task["_id"], path), fetch, int, ttl=self._task_ttl(task)
-        )
+        key = ("task_link", task["_id"], path)
+        return self._cache.get(key, fetch, int, ttl=self._task_ttl(task))
 
     def object_record(self, object_id: str) -> dict[str, Any]:
         def fetch() -> dict[str, Any]:

@@ -4,33 +4,92 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
+import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
-from blfs import mountinfo, mounting, status, units
+from blfs import demo, mountinfo, mounting, status, units
 from blfs.errors import BlfsError
 from blfs.ids import last_object_id
 from blfs.units import human
 
+if TYPE_CHECKING:
+    from blfs.cache import Cache
+
+N = TypeVar("N", int, float)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad input gets one line: what is wrong, and where the help is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def parse_size(text: str) -> int:
+    """A cache bound: a size above zero."""
     try:
-        return units.parse_size(text)
+        size = units.parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"a cache of {text!r} could hold nothing")
+    return size
+
+
+def _number(text: str, kind: Callable[[str], N], valid: Callable[[N], bool], what: str) -> N:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}")
+    return value
+
+
+def parse_ttl(text: str) -> float:
+    """Seconds a listing is trusted: finite and not negative (0 asks the server every time)."""
+    return _number(text, float, lambda s: math.isfinite(s) and s >= 0, "a number of seconds")
+
+
+def parse_api_url(text: str) -> str:
+    """An http(s) URL with a host, such as https://brainlife.io/api."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"not an API URL: {text!r} (expected e.g. https://brainlife.io/api)"
+        )
+    return text
+
+
+def parse_cache_dir(text: str) -> Path:
+    """A directory, or a path where one can be made: nothing on the way may be a file."""
+    path = Path(text).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is not a directory")
+    return path
+
+
+def parse_parallel(text: str) -> int:
+    return _number(text, int, lambda count: count >= 1, "a number of parallel fetches")
 
 
 def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:
     return mounting.MountOptions(
         mountpoint=Path(args.mountpoint).absolute(),
         api_url=args.api,
-        cache_dir=Path(args.cache_dir).absolute(),
+        cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         ttl=args.ttl,
         fuse_options=mounting.parse_fuse_options(",".join(args.o or [])),
         emulator_data=Path(args.emulator_data).absolute() if args.emulator_data else None,
+        share=args.share,
     )
 
 
@@ -41,14 +100,17 @@ def _log_path(cache_dir: Path, mountpoint: Path) -> Path:
 def cmd_mount(args: argparse.Namespace) -> None:
     options = _mount_options(args)
     if args.foreground:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        mounting.log_to_stderr()
         mounting.run_foreground(options)
         return
     log_path = _log_path(options.cache_dir, options.mountpoint)
-    mounting.spawn(options, log_path)
+    _warn(mounting.spawn(options, log_path))
     print(f"mounted {options.api_url} at {options.mountpoint} (log: {log_path})")
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"blfs: warning: {warning}", file=sys.stderr)
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
@@ -75,35 +137,30 @@ def cmd_login(args: argparse.Namespace) -> None:
     from blfs.api import Client
     from blfs.auth import TokenStore
 
-    username = args.username or input("username: ")
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("password: ")
+    try:
+        username = args.username or input("username: ")
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass("password: ")
+    except EOFError:
+        raise SystemExit("\nblfs: login needs a username and a password") from None
     tokens = TokenStore(args.api)
     tokens.save(Client(args.api).login(username, password, ttl_days=args.ttl_days))
     print(f"logged in as {username}; token saved to {tokens.path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from blfs.emulator.control import generated_data
-
-    cache_dir = Path(args.cache_dir).absolute()
-    Path(args.mountpoint).mkdir(parents=True, exist_ok=True)  # a newcomer's one command
-    options = mounting.MountOptions(
-        mountpoint=Path(args.mountpoint).absolute(),
-        api_url="",
-        cache_dir=cache_dir / "demo-cache",
-        ttl=args.ttl,
-        emulator_data=generated_data(cache_dir / "demo-data", seed=1),
-    )
-    mounting.check_mountpoint(options.mountpoint)
-    log_path = _log_path(cache_dir, options.mountpoint)
-    mounting.spawn(options, log_path)
+    mountpoint = Path(args.mountpoint).absolute()
+    mountpoint.mkdir(parents=True, exist_ok=True)  # a newcomer's one command
+    mounting.check_mountpoint(mountpoint)
+    options = demo.options(mountpoint, args.cache_dir, args.ttl)
+    log_path = _log_path(args.cache_dir, mountpoint)
+    _warn(mounting.spawn(options, log_path))
     print(
-        f"brainlife demo mounted at {options.mountpoint} (log: {log_path})\n"
-        f"  try:  ls {options.mountpoint}/projects\n"
-        f"  stop: blfs umount {options.mountpoint}"
+        f"brainlife demo mounted at {mountpoint} (log: {log_path})\n"
+        f"  try:  ls {mountpoint}/projects\n"
+        f"  stop: blfs umount {mountpoint}"
     )
 
 
@@ -112,12 +169,10 @@ def cmd_status(args: argparse.Namespace) -> None:
     if not mounts:
         print("no blfs mounts")
     for record in mounts:
-        cache = record.get("cache", {})
+        cache = mounting.open_cache(Path(record["cache_dir"]))
+        used, bound = cache.usage()
         print(f"{record['mountpoint']}  (pid {record['pid']}, {record['api']})")
-        print(
-            f"  cache {record['cache_dir']}: {human(cache.get('used', 0))}"
-            f" of {human(cache.get('max', 0))}"
-        )
+        print(f"  cache {cache.root}: {human(used)} of {human(bound)}")
         downloads = record.get("downloads", [])
         if not downloads:
             print("  no downloads")
@@ -147,15 +202,14 @@ def cmd_prefetch(args: argparse.Namespace) -> None:
         raise SystemExit(f"blfs: {failed} object(s) could not be fetched")
 
 
-def _cache(args: argparse.Namespace):
-    from blfs.cache import Cache
-
-    root = Path(args.cache_dir)
-    record = next(
-        (r for r in status.running_mounts() if Path(r["cache_dir"]) == root.absolute()), None
-    )
-    bound = record["cache"]["max"] if record else mounting.default_cache_size(root)
-    return Cache(root, bound)
+def _caches(args: argparse.Namespace) -> list[Cache]:
+    """--cache-dir, else the default cache dir and those of the running mounts."""
+    if args.cache_dir is not None:
+        return [mounting.open_cache(args.cache_dir)]
+    default = mounting.default_cache_dir()
+    roots = [default] if default.is_dir() else []
+    roots += [root for root in status.cache_dirs() if root not in roots]
+    return [mounting.open_cache(root) for root in roots or [default]]
 
 
 def _cache_keys(targets: list[str]) -> list[str]:
@@ -172,39 +226,44 @@ def _cache_keys(targets: list[str]) -> list[str]:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    cache = _cache(args)
-    if args.action == "du":
-        used, bound = cache.usage()
-        print(f"{human(used)} of {human(bound)} in {cache.root} ({len(cache.entries())} entries)")
-    elif args.action == "ls":
-        for entry in cache.entries():
-            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_use))
-            print(f"{human(entry.size):>10}  {used}  {entry.key}")
-    else:
-        removed = cache.clear(_cache_keys(args.targets) if args.targets else None)
-        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+    caches = _caches(args)
+    keys = _cache_keys(args.targets) if args.targets else None
+    for cache in caches:
+        if args.action == "du":
+            used, bound = cache.usage()
+            entries = len(cache.entries())
+            print(f"{human(used)} of {human(bound)} in {cache.root} ({entries} entries)")
+        elif args.action == "ls":
+            if len(caches) > 1:
+                print(f"{cache.root}:")
+            for entry in cache.entries():
+                used_at = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_use))
+                print(f"{human(entry.size):>10}  {used_at}  {entry.key}")
+        else:
+            removed = cache.clear(keys)
+            noun = "entry" if len(removed) == 1 else "entries"
+            print(f"removed {len(removed)} {noun} from {cache.root}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="blfs", description="brainlife.io as a read-only filesystem"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="blfs", description="brainlife.io as a read-only filesystem")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_api(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--api",
+            type=parse_api_url,
             default=mounting.default_api_url(),
             help="API base URL (default https://$BLHOST/api, BLHOST defaults to brainlife.io)",
         )
 
-    def add_cache_dir(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--cache-dir", default=str(mounting.default_cache_dir()))
+    def add_cache_dir(command: argparse.ArgumentParser, default: Path | None) -> None:
+        command.add_argument("--cache-dir", type=parse_cache_dir, default=default)
 
     def add_ttl(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--ttl",
-            type=float,
+            type=parse_ttl,
             default=60.0,
             help="seconds a listing is trusted before asking the server again (default 60)",
         )
@@ -212,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     mount = commands.add_parser("mount", help="mount brainlife at MOUNTPOINT")
     mount.add_argument("mountpoint")
     add_api(mount)
-    add_cache_dir(mount)
+    add_cache_dir(mount, mounting.default_cache_dir())
     mount.add_argument("--cache-size", type=parse_size, help="cache bound, e.g. 20G")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     mount.add_argument("-o", action="append", metavar="OPT[,OPT…]", help="FUSE mount options")
+    mount.add_argument(
+        "--share",
+        action="store_true",
+        help="let every user of this machine read the mount (allow_other and r-x for all):"
+        " they see what your token can read",
+    )
     add_ttl(mount)
     mount.add_argument("--emulator-data", help=argparse.SUPPRESS)
     mount.set_defaults(func=cmd_mount)
@@ -232,11 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--ttl-days", type=float, default=7.0)
     login.set_defaults(func=cmd_login)
 
-    demo = commands.add_parser("demo", help="mount the bundled sample server: no account needed")
-    demo.add_argument("mountpoint")
-    add_cache_dir(demo)
-    add_ttl(demo)
-    demo.set_defaults(func=cmd_demo)
+    sample = commands.add_parser("demo", help="mount the bundled sample server: no account needed")
+    sample.add_argument("mountpoint")
+    add_cache_dir(sample, mounting.default_cache_dir())
+    add_ttl(sample)
+    sample.set_defaults(func=cmd_demo)
 
     commands.add_parser("status", help="mounts, downloads and cache use").set_defaults(
         func=cmd_status
@@ -244,13 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     prefetch = commands.add_parser("prefetch", help="fetch every object under mounted paths")
     prefetch.add_argument("paths", nargs="+")
-    prefetch.add_argument("--parallel", "-j", type=int, default=4)
+    prefetch.add_argument("--parallel", "-j", type=parse_parallel, default=4)
     prefetch.set_defaults(func=cmd_prefetch)
 
     cache = commands.add_parser("cache", help="cache usage, contents, clearing")
     cache.add_argument("action", nargs="?", choices=("du", "ls", "clear"), default="du")
     cache.add_argument("targets", nargs="*", help="clear: object ids or paths (default: all)")
-    add_cache_dir(cache)
+    add_cache_dir(cache, None)
     cache.set_defaults(func=cmd_cache)
     return parser
 
@@ -259,7 +324,19 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except BlfsError as exc:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _end_quietly()
+    except (BlfsError, OSError) as exc:
         raise SystemExit(f"blfs: {exc}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _end_quietly() -> None:
+    """The reader of our output went away (`blfs cache ls | head -1`): that is its choice, not
+    an error. Later writes, and the flush at exit, go nowhere instead of raising again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, sys.stderr.fileno())
+    raise SystemExit(0)

@@ -1,35 +1,45 @@
-"""The streaming fetcher: one background download per object (or task file), unpacked into the
-cache while it streams, with readers waiting (bounded) for exactly the bytes they ask for.
+"""The fetchers: stream → members → item. One background download per object (or task file),
+unpacked into its cache item while it streams; readers wait on the item for exactly the bytes
+they ask for. A process that finds another one downloading an object follows that download's
+staging instead of waiting for its end (see the journal in archive.py).
 
-Every kind of file is served by the same pieces: a `_Transfer` (thread state, condition, error),
-a `_GrowingFile` (bytes written so far) and a `_FileHandle` (pread once the bytes are there).
+`Downloads` is what both fetchers share: the table of items in flight (what `blfs status` shows)
+and the policy for failures, which are remembered with a growing backoff (failures.py).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, Protocol
 
 import cachetools
 
-from blfs.cache import DATA, INDEX, Cache, FileLock, Pin, Staging, object_key, task_key
-from blfs.errors import BadArchive, BlfsError, NotFound, RemoteTimeout
-from blfs.extract import DIR_MODE, ArchiveStream, CountingReader, Member
+from blfs.archive import JOURNAL, Archive, JournalReader, JournalWriter
+from blfs.cache import DATA, INDEX, Cache, Pin, object_key, task_key
+from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError
+from blfs.extract import ArchiveStream, CountingReader, Member
+from blfs.item import CHUNK, Cancelled, FileHandle, GrowingFile, Item, Source
+from blfs.locks import FileLock
 from blfs.nodes import Handle
+from blfs.private import write_private
+
+__all__ = ["Downloads", "Handle", "Member", "ObjectContents", "ObjectFetcher", "TaskFiles"]
 
 log = logging.getLogger("blfs.fetch")
 
-CHUNK = 1 << 18  # readers wake after each chunk: small enough for an early first byte
 _KEPT_ARCHIVES = 256  # complete member indexes kept in memory
 _KEPT_FAILURES = 20  # recent failures shown by progress()
+_FOLLOW_POLL = 0.05  # how often a follower looks at another process's download
+# Failures a later attempt may well not repeat, so they are not held against the key.
+_NOT_REMEMBERED = (AccessDenied, CacheFull, Cancelled)
 
 
 class Download(Protocol):
@@ -43,467 +53,383 @@ class Download(Protocol):
     def close(self) -> None: ...
 
 
-class _Cancelled(BlfsError):
-    """The last reader of a temporary (non-final) file went away."""
-
-
-class _Transfer:
-    """One background download that readers wait on: progress, end, or error."""
-
-    def __init__(self, ident: str, wait_timeout: float, *, finished: bool = False) -> None:
-        self.ident = ident
-        self.wait_timeout = wait_timeout
-        self.cond = threading.Condition()
-        self.error: BlfsError | None = None
-        self.finished = finished
-        self.cancelled = False
-        self.download: Download | None = None
-        self.started = time.monotonic()
-
-    def describe(self) -> str:
-        url = self.download.url if self.download is not None else None
-        return f"{self.ident} ({url})" if url else self.ident
-
-    def wait(self, ready: Callable[[], bool], what: str) -> None:
-        """Returns once `ready()` or the transfer ended; raises its error if it failed first,
-        RemoteTimeout after wait_timeout."""
-        deadline = time.monotonic() + self.wait_timeout
-        with self.cond:
-            while not ready():
-                if self.error is not None:
-                    raise _fresh(self.error)
-                if self.finished:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RemoteTimeout(
-                        f"timed out after {self.wait_timeout:g}s waiting for {what}"
-                        f" of {self.describe()}"
-                    )
-                self.cond.wait(remaining)
-
-    def end(self, error: BlfsError | None = None) -> None:
-        with self.cond:
-            self.error = error
-            self.finished = error is None
-            self.cond.notify_all()
-
-    def progress(self) -> dict[str, Any]:
-        download = self.download
-        done = download.bytes_read if download is not None else 0
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        return {
-            "id": self.ident,
-            "bytes_done": done,
-            "total": download.length if download is not None else None,
-            "rate": done / elapsed,
-            "error": str(self.error) if self.error is not None else None,
-        }
-
-
-def _fresh(error: BlfsError) -> BlfsError:
-    """A new instance per waiter: one exception object raised in many threads mixes tracebacks."""
-    try:
-        return type(error)(*error.args)
-    except Exception:
-        return error
-
-
-class _GrowingFile:
-    """A file that a transfer writes and readers read; `size` None = known only at the end."""
-
-    def __init__(self, transfer: _Transfer, path: Path, size: int | None, written: int = 0) -> None:
-        self.transfer = transfer
-        self.path = path
-        self.size = size
-        self.written = written
-
-    def wait(self, end: int) -> int:
-        """Waits until the bytes before `end` are on disk (or the file ended); returns how many
-        bytes of the file are there."""
-        target = end if self.size is None else min(end, self.size)
-        self.transfer.wait(lambda: self.written >= target, f"byte {target} of {self.path.name}")
-        return self.written
-
-    def open(self) -> int:
-        """An fd for reading; FileNotFoundError if the file is gone (evicted, failed)."""
-        with self.transfer.cond:  # commit renames under this condition: the path is current
-            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-
-
-class _FileHandle:
-    """An open file of any kind: reads wait for their bytes, never short before the end."""
-
-    def __init__(
-        self,
-        file: _GrowingFile,
-        fd: int,
-        pin: Pin | None,
-        final: bool = True,
-        on_release: Callable[[], None] | None = None,
-    ) -> None:
-        self._file = file
-        self._fd: int | None = fd
-        self._pin = pin
-        self._final = final
-        self._on_release = on_release
-
-    @property
-    def complete(self) -> bool:
-        return self._final and self._file.transfer.finished
-
-    def read(self, offset: int, size: int) -> bytes:
-        if size <= 0 or self._fd is None:
-            return b""
-        available = self._file.wait(offset + size)
-        want = max(0, min(size, available - offset))
-        parts = []
-        while want > 0:
-            data = os.pread(self._fd, want, offset)
-            if not data:
-                break
-            parts.append(data)
-            offset += len(data)
-            want -= len(data)
-        return b"".join(parts)
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        os.close(self._fd)
-        self._fd = None
-        if self._pin is not None:
-            self._pin.release()
-        if self._on_release is not None:
-            self._on_release()
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-def _fill(
-    file: _GrowingFile, fd: int, read: Callable[[int], bytes], staging: Staging, what: str
-) -> None:
-    """Copies a source into a growing file chunk by chunk, waking readers after each."""
-    cache = staging.cache
-    transfer = file.transfer
-    while file.size is None or file.written < file.size:
-        if transfer.cancelled:
-            raise _Cancelled(f"{what}: download cancelled")
-        want = CHUNK if file.size is None else min(CHUNK, file.size - file.written)
-        data = read(want)
-        if not data:
-            break
-        offset = file.written
-        cache.room(what, len(data), lambda data=data, offset=offset: _pwrite_all(fd, data, offset))
-        staging.add(len(data))
-        with transfer.cond:
-            file.written += len(data)
-            transfer.cond.notify_all()
-    if file.size is not None and file.written != file.size:
-        raise BadArchive(f"{what}: truncated: {file.written} of {file.size} bytes")
-
-
-def _new_file(path: Path, cache: Cache) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return cache.room(str(path.name), 0, lambda: os.open(path, flags, 0o644))
-
-
-def _relative(relpath: str) -> str:
-    parts = [part for part in relpath.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise NotFound(f"no such path: {relpath!r}")
-    return "/".join(parts)
-
-
-class _Archive:
-    """What is known of one object's members: arriving from a transfer, or read from the index."""
-
-    def __init__(self, object_id: str, transfer: _Transfer) -> None:
-        self.object_id = object_id
-        self.transfer = transfer
-        self.members: dict[str, Member] = {"": Member("", 0, DIR_MODE, 0.0)}
-        self.files: dict[str, _GrowingFile] = {}
-        self.children: dict[str, list[str]] = {"": []}
-        self.order: list[Member] = []
-
-        self.staging: Staging | None = None
-
-    @classmethod
-    def from_index(cls, object_id: str, index: dict[str, Any], base: Path) -> _Archive:
-        archive = cls(object_id, _Transfer(f"object {object_id}", 0.0, finished=True))
-        archive.fill_from_index(index, base)
-        return archive
-
-    def fill_from_index(self, index: dict[str, Any], base: Path) -> None:
-        """Publishes every member of a complete object whose files live under `base`."""
-        for name, size, mode, mtime in index["members"]:
-            member = Member(name, size, mode, mtime)
-            file = None if member.is_dir else _GrowingFile(self.transfer, base / name, size, size)
-            self.publish(member, file)
-
-    def publish(self, member: Member, file: _GrowingFile | None) -> None:
-        with self.transfer.cond:
-            name = member.name
-            if name not in self.members:
-                parent, _, _ = name.rpartition("/")
-                self.children[parent].append(name)
-                if member.is_dir:
-                    self.children[name] = []
-            self.members[name] = dataclasses.replace(member, name=name.rpartition("/")[2])
-            if file is not None:
-                self.files[name] = file
-            self.order.append(member)
-            self.transfer.cond.notify_all()
-
-    def rebase(self, base: Path) -> None:
-        """(Under the condition.) Points every file at its committed location."""
-        for name, file in self.files.items():
-            file.path = base / name
-
-    def lookup(self, relpath: str) -> Member:
-        name = _relative(relpath)
-        self.transfer.wait(lambda: name in self.members, f"member {name!r}")
-        member = self.members.get(name)
-        if member is None:
-            raise NotFound(f"{relpath!r} is not in object {self.object_id}")
-        return member
-
-    def listdir(self, relpath: str) -> list[Member]:
-        name = _relative(relpath)
-        self.transfer.wait(lambda: False, f"the listing of {name or 'the root'}")
-        if name not in self.children:
-            raise NotFound(f"{relpath!r} is not a directory in object {self.object_id}")
-        return [self.members[child] for child in self.children[name]]
-
-    def file(self, relpath: str) -> _GrowingFile:
-        member = self.lookup(relpath)
-        if member.is_dir:
-            raise BlfsError(f"{relpath!r} in object {self.object_id} is a directory")
-        return self.files[_relative(relpath)]
-
-    def index(self, archive_bytes: int) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "object_id": self.object_id,
-            "archive_bytes": archive_bytes,
-            "bytes": sum(member.size for member in self.order),
-            "members": [[m.name, m.size, m.mode, m.mtime] for m in self.order],
-        }
-
-
-class _Downloads:
-    """What both fetchers share: the table of downloads in flight and their recent failures."""
-
-    def __init__(self, cache: Cache, wait_timeout: float) -> None:
-        self._cache = cache
-        self._wait_timeout = wait_timeout
-        self._lock = threading.Lock()
-        self._inflight: dict[Any, _Archive | _TaskDownload] = {}
-        self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=_KEPT_FAILURES)
-
-    def progress(self) -> list[dict[str, Any]]:
-        """Downloads in flight (id, bytes_done, total, rate, error) and recent failures."""
-        with self._lock:
-            running = [entry.transfer.progress() for entry in self._inflight.values()]
-            return running + list(self._failures)
-
-    def _attempt(self, transfer: _Transfer, work: Callable[[], None]) -> BlfsError | None:
-        """Runs a download; returns its error (logged), None when it succeeded."""
-        try:
-            work()
-        except _Cancelled as exc:
-            return exc
-        except BlfsError as exc:
-            log.warning("download of %s failed: %s", transfer.describe(), exc)
-            error: BlfsError = exc
-        except Exception as exc:
-            log.exception("download of %s failed", transfer.describe())
-            error = BlfsError(f"download of {transfer.describe()} failed: {exc}")
-        else:
-            return None
-        with self._lock:
-            self._failures.append({**transfer.progress(), "error": str(error)})
-        return error
-
-
-class ObjectFetcher(_Downloads):
-    """Data-object archives: one download per object (in this process and across processes
-    sharing the cache), unpacked as it streams, served from the cache once complete."""
+class Downloads:
+    """Every download of this process, objects and task files alike: one table, one progress
+    view, one failure policy."""
 
     def __init__(
         self,
         cache: Cache,
-        open_download: Callable[[str], Download],
         *,
-        wait_timeout: float = 60.0,
+        stall_timeout: float = 30.0,
+        first_backoff: float = 5.0,
+        max_backoff: float = 600.0,
     ) -> None:
-        super().__init__(cache, wait_timeout)
+        self.cache = cache
+        self.stall_timeout = stall_timeout
+        self._first_backoff = first_backoff
+        self._max_backoff = max_backoff
+        self._lock = threading.Lock()
+        self._running: dict[Hashable, Item] = {}
+        self._failed_recently: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=_KEPT_FAILURES
+        )
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Downloads in flight (id, bytes_done, total, rate, error) and recent failures."""
+        with self._lock:
+            running = [item.progress() for item in self._running.values()]
+            return running + list(self._failed_recently)
+
+    def new_item(self, key: str, label: str) -> Item:
+        return Item(self.cache, key, label, self.stall_timeout, self._failed)
+
+    def remembered(self, key: str, label: str) -> None:
+        """Raises the key's last failure while its backoff window lasts."""
+        failure = self.cache.failures.pending(key)
+        if failure is not None:
+            when = time.strftime("%H:%M:%S", time.localtime(failure.retry_at))
+            raise type(failure.error)(f"{failure.error} (not retried before {when}: {label})")
+
+    def start(
+        self,
+        table_key: Hashable,
+        item: Item,
+        work: Callable[[], None],
+        ended: Callable[[], None],
+    ) -> None:
+        """Runs `work` (which fills the item) in a thread of its own; `ended` after it."""
+        with self._lock:
+            self._running[table_key] = item
+        threading.Thread(
+            target=self._run,
+            args=(table_key, item, work, ended),
+            name=f"blfs-fetch-{item.label}",
+            daemon=True,  # a killed process leaves only staging, removed at the next start
+        ).start()
+
+    def _run(
+        self, table_key: Hashable, item: Item, work: Callable[[], None], ended: Callable[[], None]
+    ) -> None:
+        try:
+            work()
+        except BlfsError as exc:
+            self._ended_with(item, exc)
+        except Exception as exc:
+            log.exception("download of %s failed", item.describe())
+            self._ended_with(item, BlfsError(f"download of {item.describe()} failed: {exc}"))
+        else:
+            self.cache.failures.forget(item.key)
+        finally:
+            with self._lock:
+                if self._running.get(table_key) is item:
+                    del self._running[table_key]
+            ended()
+
+    def _ended_with(self, item: Item, error: BlfsError) -> None:
+        if not item.fail(error) and item.done:
+            log.warning("could not keep %s in the cache: %s", item.describe(), error)
+
+    def _failed(self, item: Item, error: BlfsError) -> None:
+        """An item's first error: logged with the next attempt's time, and remembered."""
+        if isinstance(error, Cancelled):
+            return
+        with self._lock:
+            self._failed_recently.append({**item.progress(), "error": str(error)})
+        if isinstance(error, _NOT_REMEMBERED) or not item.owner:
+            log.warning("download of %s failed: %s", item.describe(), error)
+            return
+        failure = self.cache.failures.record(
+            item.key, error, self._first_backoff, self._max_backoff
+        )
+        when = time.strftime("%H:%M:%S", time.localtime(failure.retry_at))
+        log.warning(
+            "download of %s failed: %s; next attempt in %.0f s (at %s)",
+            item.describe(),
+            error,
+            failure.retry_at - time.time(),
+            when,
+        )
+
+
+class ObjectFetcher:
+    """Data-object archives: one download per object (in this process and across processes
+    sharing the cache), unpacked as it streams, served from the cache once complete."""
+
+    def __init__(self, downloads: Downloads, open_download: Callable[[str], Download]) -> None:
+        self._downloads = downloads
+        self._cache = downloads.cache
         self._open_download = open_download
-        self._complete: cachetools.LRUCache[str, _Archive] = cachetools.LRUCache(_KEPT_ARCHIVES)
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, Archive] = {}
+        self._complete: cachetools.LRUCache[str, Archive] = cachetools.LRUCache(_KEPT_ARCHIVES)
 
     def contents(self, object_id: str, expected_size: int | None = None) -> ObjectContents:
         """The contents of an object; starts (or joins) its download without waiting for it."""
-        self._archive(object_id, expected_size)
+        self.archive(object_id, expected_size)
         return ObjectContents(self, object_id, expected_size)
 
     def cached(self, object_id: str) -> bool:
         return self._cache.is_complete(object_key(object_id))
 
-    def _archive(self, object_id: str, expected_size: int | None) -> _Archive:
+    def progress(self) -> list[dict[str, Any]]:
+        return self._downloads.progress()
+
+    def archive(self, object_id: str, expected_size: int | None) -> Archive:
+        """The object's members: from memory, from the cache, or from a download it starts."""
         key = object_key(object_id)
         with self._lock:
-            archive = self._inflight.get(object_id) or self._complete.get(object_id)
+            archive = self._in_flight.get(object_id) or self._complete.get(object_id)
             if archive is not None:
-                assert isinstance(archive, _Archive)
                 return archive
             index = self._cache.read_index(key)
             if index is not None:
-                archive = _Archive.from_index(object_id, index, self._cache.path(key) / DATA)
+                archive = Archive(object_id, Item.complete(self._cache, key, f"object {object_id}"))
+                archive.fill_from_index(index, self._cache.path(key) / DATA)
                 self._complete[object_id] = archive
                 return archive
-            archive = _Archive(object_id, _Transfer(f"object {object_id}", self._wait_timeout))
-            self._inflight[object_id] = archive
-        threading.Thread(
-            target=self._run,
-            args=(archive, expected_size),
-            name=f"blfs-fetch-{object_id}",
-            daemon=True,  # a killed process leaves only staging, removed at the next start
-        ).start()
+            if self._cache.path(key).exists():
+                self._cache.discard_damaged(key, "no readable index")
+            self._downloads.remembered(key, f"object {object_id}")
+            archive = Archive(object_id, self._downloads.new_item(key, f"object {object_id}"))
+            self._in_flight[object_id] = archive
+        self._downloads.start(
+            key,
+            archive.item,
+            lambda: self._fetch(archive, expected_size),
+            lambda: self._ended(archive),
+        )
         return archive
 
-    def _forget(self, archive: _Archive) -> None:
+    def _ended(self, archive: Archive) -> None:
+        archive.item.discard()
+        with self._lock:
+            if self._in_flight.get(archive.object_id) is archive:
+                del self._in_flight[archive.object_id]
+            if archive.item.done and self._cache.is_complete(object_key(archive.object_id)):
+                self._complete[archive.object_id] = archive
+
+    def _forget(self, archive: Archive) -> None:
         """Drops a stale in-memory archive (evicted by someone) so the next access refetches."""
         with self._lock:
             if self._complete.get(archive.object_id) is archive:
                 del self._complete[archive.object_id]
 
-    def _open(self, object_id: str, expected_size: int | None, relpath: str) -> Handle:
-        key = object_key(object_id)
-        for _ in range(2):
-            archive = self._archive(object_id, expected_size)
-            file = archive.file(relpath)
-            pin = self._cache.pin(key, time.monotonic() + self._wait_timeout)
-            try:
-                fd = file.open()
-            except FileNotFoundError:
-                pin.release()
-                transfer = archive.transfer
-                transfer.wait(lambda transfer=transfer: transfer.finished, "the end of a download")
-                self._forget(archive)  # it was complete, then evicted: fetch it again
-                continue
-            except BaseException:
-                pin.release()
-                raise
-            return _FileHandle(file, fd, pin)
-        raise BlfsError(f"object {object_id} was evicted twice while being opened")
+    def open(self, object_id: str, expected_size: int | None, relpath: str) -> Handle:
+        """A handle on a member, pinned; an entry evicted or found damaged on the way is
+        fetched again."""
+        for _ in range(3):
+            archive = self.archive(object_id, expected_size)
+            handle = self._open_member(archive, relpath)
+            if handle is not None:
+                return handle
+        raise BlfsError(f"object {object_id} vanished from the cache three times while opened")
 
-    def _run(self, archive: _Archive, expected_size: int | None) -> None:
-        transfer = archive.transfer
+    def _open_member(self, archive: Archive, relpath: str) -> Handle | None:
+        item, file = archive.item, archive.file(relpath)
+        pin = item.pin()
+        try:
+            fd = item.open(file)
+        except FileNotFoundError:
+            pin.release()
+            item.wait(lambda: False, "the end of a download")
+            self._forget(archive)  # it was complete, then evicted: fetch it again
+            return None
+        except BaseException:
+            pin.release()
+            raise
+        if item.done and os.fstat(fd).st_size != file.size:
+            os.close(fd)
+            pin.release()
+            self._cache.discard_damaged(item.key, f"{relpath!r} is not {file.size} bytes long")
+            self._forget(archive)
+            return None
+        return FileHandle(item, file, fd, pin)
+
+    # -- the download (or following another process's) -----------------------------------------
+    def _fetch(self, archive: Archive, expected_size: int | None) -> None:
+        """Downloads the object, or takes what another process holding its lock downloads."""
         lock = self._cache.fetch_lock(object_key(archive.object_id))
-        error = self._attempt(transfer, lambda: self._fetch(archive, expected_size, lock))
-        with self._lock:
-            del self._inflight[archive.object_id]
-            if error is None:
-                self._complete[archive.object_id] = archive
-        transfer.end(error)
-        if archive.staging is not None:
-            archive.staging.discard()
-        if transfer.download is not None:
-            transfer.download.close()
-        lock.release(unlink=True)
+        try:
+            while not lock.try_acquire():
+                if self._take_committed(archive):
+                    return
+                staging = lock.read_note()
+                if staging:
+                    self._follow(archive, self._cache.root / "tmp" / staging, lock)
+                    return
+                archive.item.watch("another process to start its download")
+                time.sleep(_FOLLOW_POLL)
+            lock.write_note("")  # a note left by a killed holder is not ours
+            if not self._take_committed(archive):
+                archive.item.owner = True
+                self._download(archive, expected_size, lock)
+        finally:
+            lock.release(unlink=True)
 
-    def _fetch(self, archive: _Archive, expected_size: int | None, lock: FileLock) -> None:
-        """Downloads and unpacks one object into a staging dir, verifies it, then commits it;
-        or takes the result of another process that held the object's fetch lock."""
+    def _take_committed(self, archive: Archive) -> bool:
+        """Serves the committed entry (another process finished it) if there is one."""
         key = object_key(archive.object_id)
-        cache = self._cache
-        transfer = archive.transfer
-        deadline = time.monotonic() + self._wait_timeout
-        what = f"another process downloading {transfer.ident}"
-        if not lock.acquire(deadline, what, ready=lambda: cache.is_complete(key)) or (
-            cache.is_complete(key)
-        ):
-            index = cache.read_index(key)
-            if index is None:
-                raise BlfsError(f"{transfer.ident} was evicted right after its download")
-            archive.fill_from_index(index, cache.path(key) / DATA)
-            return
-        transfer.download = download = self._open_download(archive.object_id)
-        limit = download.length if download.length is not None else expected_size
-        if download.length is not None and expected_size not in (None, download.length):
-            log.warning(
-                "%s: Content-Length %d differs from the recorded size %d",
-                transfer.describe(),
-                download.length,
-                expected_size,
-            )
-        archive.staging = staging = cache.stage(key, limit or 0, directory=True)
-        self._unpack(archive, download, staging, limit)
-        with transfer.cond:
-            final = staging.commit()
-            archive.rebase(final / DATA)
-        archive.staging = None
+        index = self._cache.read_index(key)
+        if index is None:
+            return False
+        archive.fill_from_index(index, self._cache.path(key) / DATA)
+        archive.item.finish()
+        return True
+
+    def _download(self, archive: Archive, expected_size: int | None, lock: FileLock) -> None:
+        item = archive.item
+        download = self._open_download(archive.object_id)
+        with contextlib.closing(download):
+            item.source = download
+            limit = download.length if download.length is not None else expected_size
+            if download.length is not None and expected_size not in (None, download.length):
+                log.warning(
+                    "%s: Content-Length %d differs from the recorded size %d",
+                    item.describe(),
+                    download.length,
+                    expected_size,
+                )
+            staging = item.stage(limit or 0, directory=True)
+            journal = JournalWriter(staging / JOURNAL)
+            lock.write_note(staging.name)
+            try:
+                archive_bytes = self._unpack(archive, download, staging, limit, journal)
+                journal.end(archive_bytes)
+            finally:
+                journal.close()
+        item.finish()  # the listing is answered now; syncing and the commit are nobody's wait
+        self._commit(archive, archive_bytes)
 
     def _unpack(
-        self, archive: _Archive, download: Download, staging: Staging, limit: int | None
-    ) -> None:
-        cache = self._cache
-        label = archive.transfer.describe()
-        data = staging.path / DATA
-        cache.room(label, 0, data.mkdir)
-        stream = ArchiveStream(download, limit, label)
+        self,
+        archive: Archive,
+        download: Download,
+        staging: Path,
+        limit: int | None,
+        journal: JournalWriter,
+    ) -> int:
+        """Streams the archive's members into the staging dir; returns the archive's bytes."""
+        item = archive.item
+        data = staging / DATA
+        item.make_dir(data)
+        stream = ArchiveStream(download, limit, item.describe())
         for member, read in stream.members():
+            item.check_running()
             path = data / member.name
             if read is None:
-                cache.room(label, 0, lambda path=path: path.mkdir(exist_ok=True))
+                item.make_dir(path)
                 archive.publish(member, None)
+                journal.member(member)
                 continue
-            fd = _new_file(path, cache)
+            fd = item.new_file(path)
             try:
-                file = _GrowingFile(archive.transfer, path, member.size)
+                file = GrowingFile(path, member.size)
                 archive.publish(member, file)
-                _fill(file, fd, read, staging, f"{label} member {member.name!r}")
+                journal.member(member)
+                item.fill(file, fd, read)
             finally:
                 os.close(fd)
-        archive_bytes = stream.finish()
-        # What a power loss must not leave behind a committed name: files with missing bytes.
-        # So every file and the index are synced before the commit's rename (the staging dir
-        # too, for filesystems that do not order metadata); the commit itself is not (a lost one
-        # is only fetched again). Syncing after the stream keeps it from stalling the download
-        # and the readers of later members.
+            if file.written != member.size:
+                raise BadArchive(f"{item.describe()} member {member.name!r}: truncated")
+        return stream.finish()
+
+    def _commit(self, archive: Archive, archive_bytes: int) -> None:
+        """What a power loss must not leave behind a committed name: files with missing bytes.
+        So every file and the index are synced before the commit's rename (the staging dir too,
+        for filesystems that do not order metadata); the commit itself is not (a lost one is
+        only fetched again)."""
+        item = archive.item
+        assert item.staging is not None
+        staging = item.staging.path
         for file in archive.files.values():
-            cache.room(label, 0, lambda path=file.path: _fsync_path(path))
-        index = staging.path / INDEX
-        text = _json(archive.index(archive_bytes))
-        cache.room(label, len(text), lambda: _write_synced(index, text))
-        _fsync_path(staging.path)
+            item.sync(file.path)
+        index = archive.index(archive_bytes)
+        item.spaced(0, lambda: write_private(staging / INDEX, json.dumps(index).encode()))
+        item.sync(staging / INDEX)
+        item.sync(staging)
+        item.commit(index["bytes"], lambda final: archive.rebase(final / DATA))
+
+    def _follow(self, archive: Archive, staging: Path, lock: FileLock) -> None:
+        """Reads another process's download as it arrives: members from its journal, bytes
+        from the files' sizes; its end is the committed entry."""
+        item = archive.item
+        try:
+            journal = JournalReader(staging / JOURNAL)
+        except FileNotFoundError:
+            self._followed_ended(archive)
+            return
+        log.info("reading %s as another process downloads it", item.describe())
+        with contextlib.closing(journal):
+            follower = _Follower(archive, staging, journal)
+            while not follower.step():
+                if not staging.is_dir():
+                    self._followed_ended(archive)
+                    return
+                item.watch("the download in another process")
+                time.sleep(_FOLLOW_POLL)
+        item.finish()
+        self._await_commit(archive, staging, lock)
+
+    def _followed_ended(self, archive: Archive) -> None:
+        """The followed download ended before its journal said so: taken, or its error."""
+        if self._take_committed(archive):
+            return
+        failure = self._cache.failures.get(archive.item.key)
+        if failure is not None and failure.retry_at > time.time():
+            raise failure.error
+        raise RemoteError(f"{archive.item.describe()}: the download in another process ended")
+
+    def _await_commit(self, archive: Archive, staging: Path, lock: FileLock) -> None:
+        """Points the files at the committed entry once the other process has renamed it."""
+        key = object_key(archive.object_id)
+        while staging.is_dir() and not self._cache.is_complete(key):
+            if lock.try_acquire():  # its holder died before committing: nothing more to see
+                return
+            time.sleep(_FOLLOW_POLL)
+        with archive.item.cond:
+            if self._cache.is_complete(key):
+                archive.rebase(self._cache.path(key) / DATA)
 
 
-def _json(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode()
+class _Follower:
+    """One pass at a time over another process's staging: new journal lines, grown files."""
 
+    def __init__(self, archive: Archive, staging: Path, journal: JournalReader) -> None:
+        self._archive = archive
+        self._data = staging / DATA
+        self._journal = journal
+        self._growing: list[GrowingFile] = []
+        self._source = archive.item.source = Source()
 
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _pwrite_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def step(self) -> bool:
+        """Publishes what arrived since the last step; True once the archive is verified."""
+        ended = False
+        for line in self._journal.new_lines():
+            if line[0] == "end":
+                ended = True
+            else:
+                self._publish(Member(*line[1:]))
+        self._grow()
+        return ended and not self._growing
 
+    def _publish(self, member: Member) -> None:
+        file = None if member.is_dir else GrowingFile(self._data / member.name, member.size)
+        self._archive.publish(member, file)
+        if file is not None:
+            self._growing.append(file)
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def _grow(self) -> None:
+        for file in list(self._growing):
+            try:
+                size = os.stat(file.path).st_size
+            except FileNotFoundError:
+                continue
+            if size > file.written:
+                self._source.bytes_read += size - file.written
+                self._archive.item.grown(file, min(size, file.size or size))
+            if file.written == file.size:
+                self._growing.remove(file)
 
 
 class ObjectContents:
@@ -514,8 +440,8 @@ class ObjectContents:
         self._object_id = object_id
         self._expected_size = expected_size
 
-    def _archive(self) -> _Archive:
-        return self._fetcher._archive(self._object_id, self._expected_size)
+    def _archive(self) -> Archive:
+        return self._fetcher.archive(self._object_id, self._expected_size)
 
     def lookup(self, relpath: str) -> Member:
         """A member ('' = the root); waits until its header has passed or the archive ended."""
@@ -526,70 +452,79 @@ class ObjectContents:
         return self._archive().listdir(relpath)
 
     def open(self, relpath: str) -> Handle:
-        return self._fetcher._open(self._object_id, self._expected_size, relpath)
+        return self._fetcher.open(self._object_id, self._expected_size, relpath)
 
 
 class _TaskDownload:
     """One task file being downloaded, with the handles reading it."""
 
-    def __init__(self, transfer: _Transfer, file: _GrowingFile, staging: Staging, final: bool):
-        self.transfer = transfer
+    def __init__(self, item: Item, file: GrowingFile, final: bool) -> None:
+        self.item = item
         self.file = file
-        self.staging = staging
         self.final = final
-        self.handles = 0
+        self.handles = 1
 
 
-class TaskFiles(_Downloads):
+class TaskFiles:
     """Task output files, one download each, cached by task id + path once the task finished.
 
     Downloads are shared within this process; two processes may fetch the same file at once
     (the commit is an atomic rename of identical bytes, so either result is whole)."""
 
-    def __init__(
-        self,
-        cache: Cache,
-        open_download: Callable[[str, str], Download],
-        *,
-        wait_timeout: float = 60.0,
-    ) -> None:
-        super().__init__(cache, wait_timeout)
+    def __init__(self, downloads: Downloads, open_download: Callable[[str, str], Download]) -> None:
+        self._downloads = downloads
+        self._cache = downloads.cache
         self._open_download = open_download
+        self._lock = threading.Lock()
+        self._in_flight: dict[tuple[str, bool], _TaskDownload] = {}
 
     def open(self, task_id: str, path: str, size: int, final: bool) -> Handle:
         """A handle on a task file: from the cache when the task finished and the file is there,
         else from a download (a non-final file lives in tmp/ until its last handle goes)."""
         key = task_key(task_id, path)
-        deadline = time.monotonic() + self._wait_timeout
+        deadline = time.monotonic() + self._downloads.stall_timeout
         pin = self._cache.pin(key, deadline) if final else None
         try:
-            if final:
-                handle = self._cached(key, size, pin)
-                if handle is not None:
-                    return handle
-            entry = self._join(key, task_id, path, size, final)
-            try:
-                fd = entry.file.open()
-            except FileNotFoundError:
-                self._release(entry)
-                entry.transfer.wait(lambda: False, "the end of a failed download")
-                raise BlfsError(f"{entry.transfer.describe()}: download ended early") from None
+            handle = self._cached(key, size, pin) if final else None
+            return handle or self._downloading(key, task_id, path, size, final, pin)
         except BaseException:
             if pin is not None:
                 pin.release()
             raise
-        return _FileHandle(entry.file, fd, pin, final, lambda: self._release(entry))
+
+    def _downloading(
+        self, key: str, task_id: str, path: str, size: int, final: bool, pin: Pin | None
+    ) -> Handle:
+        entry = self._join(key, task_id, path, size, final)
+        try:
+            fd = entry.item.open(entry.file)
+        except BaseException:
+            self._release(entry)
+            raise
+        return FileHandle(entry.item, entry.file, fd, pin, final, lambda: self._release(entry))
 
     def _join(self, key: str, task_id: str, path: str, size: int, final: bool) -> _TaskDownload:
         """The running download of this file (counting one more handle), or a new one."""
         with self._lock:
-            entry = self._inflight.get((key, final))
-            if isinstance(entry, _TaskDownload):
-                with entry.transfer.cond:
-                    if not entry.transfer.cancelled:
+            entry = self._in_flight.get((key, final))
+            if entry is not None:
+                with entry.item.cond:
+                    if entry.item.error is None:
                         entry.handles += 1
                         return entry
-            return self._start(key, task_id, path, size, final)
+            label = f"task {task_id} file {path}"
+            self._downloads.remembered(key, label)
+            item = self._downloads.new_item(key, label)
+            staging = item.stage(size, directory=False)
+            entry = _TaskDownload(item, GrowingFile(staging, size if final else None), final)
+            self._in_flight[(key, final)] = entry
+        self._downloads.start(
+            (key, final),
+            item,
+            lambda: self._fetch(entry, task_id, path, size),
+            lambda: self._ended(entry),
+        )
+        return entry
 
     def _cached(self, key: str, size: int, pin: Pin | None) -> Handle | None:
         path = self._cache.path(key)
@@ -601,74 +536,54 @@ class TaskFiles(_Downloads):
             os.close(fd)
             log.warning("cached %s has a different size than listed; fetching it again", key)
             return None
-        done = _Transfer(key, self._wait_timeout, finished=True)
-        return _FileHandle(_GrowingFile(done, path, size, size), fd, pin)
-
-    def _start(self, key: str, task_id: str, path: str, size: int, final: bool) -> _TaskDownload:
-        """(Under self._lock.) Stages the file and starts its download thread."""
-        staging = self._cache.stage(key, size, directory=False)
-        transfer = _Transfer(f"task {task_id} file {path}", self._wait_timeout)
-        entry = _TaskDownload(
-            transfer, _GrowingFile(transfer, staging.path, size if final else None), staging, final
-        )
-        entry.handles = 1
-        self._inflight[(key, final)] = entry
-        threading.Thread(
-            target=self._run,
-            args=(entry, task_id, path, size),
-            name=f"blfs-task-{task_id}",
-            daemon=True,
-        ).start()
-        return entry
-
-    def _run(self, entry: _TaskDownload, task_id: str, path: str, size: int) -> None:
-        transfer = entry.transfer
-        error = self._attempt(transfer, lambda: self._fetch(entry, task_id, path, size))
-        if transfer.download is not None:
-            transfer.download.close()
-        with self._lock:
-            key = (entry.staging.key, entry.final)
-            if self._inflight.get(key) is entry:
-                del self._inflight[key]
-        with transfer.cond:
-            transfer.end(error)
-            drop = error is not None or (entry.handles == 0 and not entry.final)
-        if drop or entry.final:
-            entry.staging.discard()
+        done = Item.complete(self._cache, key, key)
+        return FileHandle(done, GrowingFile(path, size, size), fd, pin)
 
     def _fetch(self, entry: _TaskDownload, task_id: str, path: str, size: int) -> None:
-        transfer = entry.transfer
-        transfer.download = download = self._open_download(task_id, path)
-        if entry.final and download.length not in (None, size):
-            raise BadArchive(
-                f"{transfer.describe()}: server sends {download.length} bytes, listed {size}"
-            )
-        limit = size if entry.final else download.length
-        reader = CountingReader(download, limit, transfer.describe())
-        fd = os.open(entry.staging.path, os.O_WRONLY | os.O_CLOEXEC)
+        item = entry.item
+        item.owner = True
+        download = self._open_download(task_id, path)
+        with contextlib.closing(download):
+            item.source = download
+            if entry.final and download.length not in (None, size):
+                raise BadArchive(
+                    f"{item.describe()}: server sends {download.length} bytes, listed {size}"
+                )
+            limit = size if entry.final else download.length
+            self._copy(entry, CountingReader(download, limit, item.describe()), limit)
+        item.finish()
+        if entry.final:
+            item.commit(size, lambda final: setattr(entry.file, "path", final))
+
+    def _copy(self, entry: _TaskDownload, reader: CountingReader, limit: int | None) -> None:
+        item = entry.item
+        fd = os.open(entry.file.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            _fill(entry.file, fd, reader.read, entry.staging, transfer.describe())
+            item.fill(entry.file, fd, reader.read)
             if reader.read(CHUNK) or (limit is not None and reader.count != limit):
-                raise BadArchive(f"{transfer.describe()}: {reader.count} bytes, expected {limit}")
+                raise BadArchive(f"{item.describe()}: {reader.count} bytes, expected {limit}")
             if entry.final:  # synced before its commit; a temporary file never is
-                self._cache.room(transfer.describe(), 0, lambda: os.fsync(fd))
+                item.spaced(0, lambda: os.fsync(fd))
         finally:
             os.close(fd)
-        if entry.final:
-            with transfer.cond:
-                entry.file.path = entry.staging.commit()
+
+    def _ended(self, entry: _TaskDownload) -> None:
+        """A download ended: a final file is committed or dropped, a temporary one stays while
+        handles read it."""
+        with self._lock:
+            if self._in_flight.get((entry.item.key, entry.final)) is entry:
+                del self._in_flight[(entry.item.key, entry.final)]
+            keep = not entry.final and entry.handles and entry.item.error is None
+        if not keep:
+            entry.item.discard()
 
     def _release(self, entry: _TaskDownload) -> None:
         """A handle closed: the last one of a non-final file cancels or drops its temporary copy."""
-        with entry.transfer.cond:
+        with self._lock:
             entry.handles -= 1
             if entry.handles or entry.final:
                 return
-            entry.transfer.cancelled = True
-            ended = entry.transfer.finished or entry.transfer.error is not None
-        with self._lock:
-            key = (entry.staging.key, entry.final)
-            if self._inflight.get(key) is entry:
-                del self._inflight[key]
-        if ended:
-            entry.staging.discard()
+            if self._in_flight.get((entry.item.key, entry.final)) is entry:
+                del self._in_flight[(entry.item.key, entry.final)]
+        if not entry.item.fail(Cancelled(f"{entry.item.describe()}: no reader left")):
+            entry.item.discard()  # it had ended: nothing else will drop the copy

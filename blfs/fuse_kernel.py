@@ -321,6 +321,7 @@ class KernelMount:
     # --- names and attributes ---------------------------------------------------------------
 
     def _init(self, userdata: int, conn: Any) -> None:
+        self._ops.init_with_config(conn.contents, None)
         self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
 
     def _entry(self, attrs: dict[str, Any], ino: int) -> _EntryParam:

@@ -27,6 +27,7 @@ log = logging.getLogger("blfs")
 # Large blocks make tools read in big chunks: each FUSE call costs Python overhead (DESIGN §9).
 BLOCK_SIZE = 256 * 1024
 _REPEAT_LOG_SECONDS = 60.0
+FUSE_CAP_PARALLEL_DIROPS = 1 << 18  # fuse_common.h
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,9 +68,13 @@ def _errno_mapped(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _mode(attr: Attr) -> int:
-    """Everything is read-only: directories r-x, files r--, for everyone."""
-    return stat.S_IFDIR | 0o555 if attr.is_dir else stat.S_IFREG | 0o444
+def _mode(attr: Attr, shared: bool) -> int:
+    """Everything is read-only: directories r-x, files r--, for the owner only unless the mount
+    is shared (the kernel enforces these bits: the mount uses `default_permissions`)."""
+    bits = 0o555 if attr.is_dir else 0o444
+    if not shared:
+        bits &= 0o700
+    return (stat.S_IFDIR if attr.is_dir else stat.S_IFREG) | bits
 
 
 class BlfsOperations(mfusepy.Operations):
@@ -77,8 +82,9 @@ class BlfsOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, namespace: Namespace) -> None:
+    def __init__(self, namespace: Namespace, *, shared: bool = False) -> None:
         self._namespace = namespace
+        self._shared = shared
         self._handles: dict[int, Any] = {}
         self._handle_numbers = itertools.count(1)
         self._log_once = _OncePerMessage()
@@ -88,7 +94,7 @@ class BlfsOperations(mfusepy.Operations):
     def _stat(self, attr: Attr) -> dict[str, int]:
         mtime_ns = int(attr.mtime * 1e9)
         return {
-            "st_mode": _mode(attr),
+            "st_mode": _mode(attr, self._shared),
             "st_nlink": 2 if attr.is_dir else 1,
             "st_size": attr.size,
             "st_uid": self._uid,
@@ -110,7 +116,8 @@ class BlfsOperations(mfusepy.Operations):
         here = {"st_mode": stat.S_IFDIR}
         entries = [(".", here, 0), ("..", here, 0)]
         for name, attr in self._namespace.readdir(path):
-            entries.append((name, self._stat(attr) if attr.exact else {"st_mode": _mode(attr)}, 0))
+            exact = self._stat(attr) if attr.exact else {"st_mode": _mode(attr, self._shared)}
+            entries.append((name, exact, 0))
         return entries
 
     def on_metadata_change(self, callback: Callable[[], None]) -> None:
@@ -140,6 +147,13 @@ class BlfsOperations(mfusepy.Operations):
         if handle is not None:
             handle.release()
         return 0
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Asks for lookups in one directory to run in parallel, so one waiting for an archive's
+        member header does not hold up `_info.json` in the kernel. libfuse before 3.15 never
+        passes this on (the kernel then serializes lookups per directory)."""
+        if conn is not None:
+            conn.want |= conn.capable & FUSE_CAP_PARALLEL_DIROPS
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": BLOCK_SIZE, "f_frsize": BLOCK_SIZE, "f_namemax": 255}

@@ -34,6 +34,7 @@ class _Answer(Generic[V]):
     fetch: Callable[[], Any] | None
     build: Callable[[Any], V]
     lifetime: float
+    on_disk: bool = True  # a raw JSON answer of the server, kept on disk too
 
 
 @dataclass
@@ -80,10 +81,17 @@ class MetaCache:
     ) -> V:
         """The answer for `key`: kept while fresh, else `build(fetch())` (one fetch shared by
         concurrent callers), else the last known answer if the refresh fails as above."""
-        answer = _Answer(key, fetch, build, self.ttl if ttl is None else ttl)
+        return self._get(_Answer(key, fetch, build, self.ttl if ttl is None else ttl))
+
+    def made(self, key: Hashable, make: Callable[[], V]) -> V:
+        """A value made from other answers, not asked of the server: kept in memory for the
+        TTL like an answer, never on disk."""
+        return self._get(_Answer(key, make, lambda value: value, self.ttl, on_disk=False))
+
+    def _get(self, answer: _Answer[V]) -> V:
         with self._lock:
-            known = self._known.get(key)
-        if known is None:
+            known = self._known.get(answer.key)
+        if known is None and answer.on_disk:
             known = self._from_disk(answer)
         if known is not None and self._clock() < known.expires:
             return known.value
@@ -160,14 +168,16 @@ class MetaCache:
             with self._lock:
                 known.expires = self._clock() + self.ttl
             return known.value
-        text = json.dumps(raw)  # key order kept: records are shown as the server wrote them
+        # Key order kept: records are shown as the server wrote them.
+        text = json.dumps(raw) if answer.on_disk else ""
         digest = hash(text)
         value = answer.build(raw)
         changed = known is not None and known.digest != digest
         with self._lock:
             self._known[answer.key] = _Known(value, digest, self._clock() + answer.lifetime)
-            self._failing = None
-        if self._store is not None:
+            if answer.on_disk:  # the server answered
+                self._failing = None
+        if self._store is not None and answer.on_disk:
             key = _store_key(answer.key)
             if known is None or changed:
                 self._store.save(key, text)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blfs.private import FILE_MODE, private_dir, tighten
+
 log = logging.getLogger("blfs")
 
 FILENAME = "metadata.sqlite3"
@@ -106,8 +108,9 @@ class MetaStore:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Opens (creating it owner-only) the store with WAL and a busy timeout."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    tighten(path)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")

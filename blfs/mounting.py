@@ -7,26 +7,30 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blfs import mountinfo, status
-from blfs.errors import AccessDenied, BlfsError
+from blfs.errors import AccessDenied, BlfsError, RemoteError
+from blfs.metastore import FILENAME as METADATA_FILE
+from blfs.metastore import MetaStore
+from blfs.private import FILE_MODE, private_dir
 
 if TYPE_CHECKING:
     from blfs.api import Client
     from blfs.cache import Cache
     from blfs.fuse_ops import BlfsOperations
-    from blfs.metastore import MetaStore
 
 log = logging.getLogger("blfs")
 
-READY_TIMEOUT = 30.0
+# The API check before the mount may wait a request timeout or two (api.Client.timeout).
+READY_TIMEOUT = 90.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +53,7 @@ class MountOptions:
     fuse_options: dict[str, str | bool] = field(default_factory=dict)
     token_home: Path | None = None
     emulator_data: Path | None = None
+    share: bool = False
 
     def argv(self) -> list[str]:
         """The `blfs mount --foreground` command line that reproduces these options."""
@@ -59,19 +64,21 @@ class MountOptions:
             "mount",
             str(self.mountpoint),
             "--foreground",
-            "--api",
-            self.api_url,
             "--cache-dir",
             str(self.cache_dir),
             "--ttl",
             str(self.ttl),
         ]
+        if self.emulator_data is None:
+            args += ["--api", self.api_url]
         if self.cache_size is not None:
             args += ["--cache-size", str(self.cache_size)]
         if self.fuse_options:
             args += ["-o", format_fuse_options(self.fuse_options)]
         if self.emulator_data is not None:
             args += ["--emulator-data", str(self.emulator_data)]
+        if self.share:
+            args.append("--share")
         return args
 
 
@@ -109,49 +116,77 @@ def _use_libfuse3() -> bool:
     return os.environ.get("FUSE_LIBRARY_NAME") == "fuse3"
 
 
-@contextlib.contextmanager
-def bundled_server(data_dir: Path, token_home: Path) -> Iterator[str]:
-    """Serves the demo data on a free loopback port and logs in as `demo`; yields the API URL."""
-    from blfs.api import Client
-    from blfs.auth import TokenStore
-    from blfs.emulator.control import EmulatorProcess
-
-    server = EmulatorProcess(data_dir, die_with_parent=True)
-    try:
-        TokenStore(server.url, home=token_home).save(Client(server.url).login("demo", "demo"))
-        yield server.url
-    finally:
-        server.stop()
+def log_to_stderr() -> None:
+    """How a mount process logs: to stderr, which a background mount sends to its log file."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def run_foreground(options: MountOptions) -> None:
-    """Mounts and serves until unmounted or signalled."""
+    """Checks the API, then mounts and serves until unmounted or signalled."""
+    from blfs.api import Client
+    from blfs.auth import TokenStore
+
     check_mountpoint(options.mountpoint)
     with contextlib.ExitStack() as stack:
         if options.emulator_data is not None:
-            token_home = options.token_home or options.cache_dir / "demo-home"
-            options.api_url = stack.enter_context(bundled_server(options.emulator_data, token_home))
-            options.token_home = token_home
-        _serve(options)
+            from blfs import demo
+
+            stack.enter_context(demo.serving(options))
+        client = Client(options.api_url, TokenStore(options.api_url, home=options.token_home))
+        check_api(client, options.cache_dir)
+        _serve(options, client)
 
 
-def _serve(options: MountOptions) -> None:
+def check_api(client: Client, cache_dir: Path) -> None:
+    """Refuses, with a one-line reason, a URL that is not a brainlife API, fails TLS or refuses
+    the token; a server that cannot be reached passes with one warning when metadata from an
+    earlier mount can be served instead."""
+    assert client.tokens is not None
+    if client.tokens.get() is None:
+        log.warning(
+            "not logged in to %s: only public projects and publications are shown"
+            " (blfs login --api %s)",
+            client.api_url,
+            client.api_url,
+        )
+    try:
+        client.check()
+    except AccessDenied as exc:
+        raise BlfsError(f"login needed: {exc} (blfs login --api {client.api_url})") from None
+    except RemoteError as exc:
+        if not offline_metadata(cache_dir):
+            raise BlfsError(f"{exc}, and {cache_dir} holds nothing to mount offline") from None
+        log.warning("%s: mounted for offline use from what %s holds", exc, cache_dir)
+
+
+def offline_metadata(cache_dir: Path) -> bool:
+    """Whether an earlier mount left listings in `cache_dir` that an offline mount can show."""
+    return (cache_dir / METADATA_FILE).is_file()
+
+
+def _serve(options: MountOptions, client: Client) -> None:
     libfuse3 = _use_libfuse3()
-    from blfs.api import Client
-    from blfs.auth import TokenStore
     from blfs.cache import Cache
     from blfs.catalog import Catalog
-    from blfs.fetch import ObjectFetcher, TaskFiles
+    from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
     from blfs.fuse_ops import BlfsOperations
     from blfs.namespace import Namespace
 
-    client = Client(options.api_url, TokenStore(options.api_url, home=options.token_home))
     cache = Cache(options.cache_dir, options.cache_size or default_cache_size(options.cache_dir))
-    objects = ObjectFetcher(cache, client.download_dataset)
-    task_files = TaskFiles(cache, client.download_task_file)
+    downloads = Downloads(cache, stall_timeout=client.timeout)
+    objects = ObjectFetcher(downloads, client.download_dataset)
+    task_files = TaskFiles(downloads, client.download_task_file)
     catalog = Catalog(client, ttl=options.ttl, store=_metadata_store(options, client))
     namespace = Namespace(catalog, objects, task_files)
-    fuse_options: dict[str, str | bool] = {"ro": True, "fsname": "blfs", "subtype": "blfs"}
+    fuse_options: dict[str, str | bool] = {
+        "ro": True,
+        "fsname": "blfs",
+        "subtype": "blfs",
+        # The kernel checks the mode bits, which are the owner's only unless asked to share.
+        "default_permissions": True,
+    }
+    if options.share:
+        fuse_options["allow_other"] = True
     fuse_options.update(options.fuse_options)
     log.info("mounting %s at %s (cache %s)", options.api_url, options.mountpoint, options.cache_dir)
     publisher = status.Publisher(
@@ -159,12 +194,13 @@ def _serve(options: MountOptions) -> None:
             "mountpoint": os.path.realpath(options.mountpoint),
             "api": options.api_url,
             "cache_dir": str(options.cache_dir),
+            "cache": {"max": cache.max_bytes},
             "started": time.time(),
         },
-        lambda: {"downloads": objects.progress(), "cache": _usage(cache)},
+        lambda: {"downloads": downloads.progress()},
     )
     try:
-        _run_fuse(BlfsOperations(namespace), options, fuse_options, libfuse3)
+        _run_fuse(BlfsOperations(namespace, shared=options.share), options, fuse_options, libfuse3)
     finally:
         publisher.close()
 
@@ -193,33 +229,38 @@ def _run_fuse(
 def _metadata_store(options: MountOptions, client: Client) -> MetaStore:
     """The cache dir's metadata store, scoped to this server and the token's user."""
     from blfs.catalog import token_subject
-    from blfs.metastore import FILENAME, MetaStore
 
     try:
         user = token_subject(client.tokens.get() if client.tokens else None)
     except AccessDenied:
         user = None
     scope = f"{options.api_url.rstrip('/')} {user or 'guest'}"
-    return MetaStore(options.cache_dir / FILENAME, scope)
-
-
-def _usage(cache: Cache) -> dict[str, int]:
-    used, bound = cache.usage()
-    return {"used": used, "max": bound}
+    return MetaStore(options.cache_dir / METADATA_FILE, scope)
 
 
 def default_cache_size(cache_dir: Path) -> int:
     """A bound that never fills the disk: half of what is free now, at most 50 GiB."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir)
     stats = os.statvfs(cache_dir)
     return min(50 * 2**30, stats.f_bavail * stats.f_frsize // 2)
 
 
-def spawn(options: MountOptions, log_path: Path) -> subprocess.Popen[bytes]:
-    """Starts `blfs mount --foreground` detached and returns once the mount is ready."""
+def open_cache(root: Path) -> Cache:
+    """The cache in `root`, with the bound of the mount that uses it (else the default one)."""
+    from blfs.cache import Cache
+
+    bound = status.cache_bound(root)
+    return Cache(root, bound if bound is not None else default_cache_size(root))
+
+
+def spawn(options: MountOptions, log_path: Path) -> list[str]:
+    """Starts `blfs mount --foreground` detached and returns, once the mount is ready, the
+    warnings it logged while starting. If it does not start, raises with its one-line reason."""
     check_mountpoint(options.mountpoint)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    private_dir(log_path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    with open(os.open(log_path, flags, FILE_MODE), "ab") as log_file:
+        start = log_file.tell()
         process = subprocess.Popen(
             options.argv(),
             stdin=subprocess.DEVNULL,
@@ -231,7 +272,25 @@ def spawn(options: MountOptions, log_path: Path) -> subprocess.Popen[bytes]:
     while not mountinfo.is_mounted(options.mountpoint):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise BlfsError("the mount did not start:\n" + "\n".join(tail))
+            raise BlfsError(_start_failure(_run_output(log_path, start)))
         time.sleep(0.05)
-    return process
+    return [
+        line.split(" WARNING blfs: ", 1)[1]
+        for line in _run_output(log_path, start)
+        if " WARNING blfs: " in line
+    ]
+
+
+def _run_output(log_path: Path, start: int) -> list[str]:
+    """The lines this run added to the (shared, appended) log file."""
+    with open(log_path, "rb") as log_file:
+        log_file.seek(start)
+        return log_file.read().decode(errors="replace").splitlines()
+
+
+def _start_failure(lines: list[str]) -> str:
+    """The mount's own one-line reason (`blfs: …`, as the command line ends), else the tail."""
+    reasons = [line for line in lines if re.match(r"blfs( \w+)?: ", line)]
+    if reasons:
+        return reasons[-1].removeprefix("blfs: ")
+    return "the mount did not start:\n" + "\n".join(lines[-15:])

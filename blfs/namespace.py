@@ -8,12 +8,17 @@ task files to the task-file store. Knows nothing of FUSE.
 
 from __future__ import annotations
 
+import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from blfs import bids
+from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, is_finished
 from blfs.errors import NotFound
+from blfs.ids import is_object_id
 from blfs.names import Named, unique_names
 from blfs.nodes import (
     Attr,
@@ -28,11 +33,52 @@ from blfs.nodes import (
     directory,
     json_bytes,
 )
-from blfs.tree import Branch, timestamp
+from blfs.tree import Branch, datatype_dir, timestamp
 
 if TYPE_CHECKING:
     from blfs.fetch import Member as MemberInfo
     from blfs.fetch import ObjectContents, ObjectFetcher, TaskFiles
+
+OBJECT_METADATA = ("_info.json", "_product.json")
+TASK_METADATA = "_task.json"
+INSTANCE_METADATA = "_instance.json"
+STATES = "object-states.json"
+PARTICIPANTS = ("participants.tsv", "participants.json")
+# Keys of a task's or process's record that may hold credentials: an app's config can take a
+# token or a password, and amaretti keeps the environment a task runs with.
+_SECRET = re.compile(r"token|secret|passw|credential|jwt|api_?key|private|^_?envs?$", re.I)
+
+
+def without_secrets(value: Any) -> Any:
+    """A record as the API gives it, minus every key (at any depth) that may hold a secret."""
+    if isinstance(value, dict):
+        return {k: without_secrets(v) for k, v in value.items() if not _SECRET.search(str(k))}
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Beside:
+    """DESIGN §1.1's collision rule between a directory's metadata files and the files listed
+    beside them (archive members, task outputs). A metadata file keeps its name, which must be
+    known without a download; a listed file of the same name is shown, and reached, as
+    `<name> [<first 8 hex of the object's or task's id>]`."""
+
+    metadata: frozenset[str]
+    owner_id: str
+
+    @property
+    def _suffix(self) -> str:
+        return f" [{self.owner_id[:8]}]"
+
+    def shown(self, listed: Iterable[tuple[str, Attr]]) -> list[tuple[str, Attr]]:
+        return [(name + self._suffix if name in self.metadata else name, a) for name, a in listed]
+
+    def listed_name(self, name: str) -> str:
+        """The name in the listing that a shown name stands for."""
+        base = name.removesuffix(self._suffix)
+        return base if base in self.metadata else name
 
 
 class Namespace:
@@ -88,11 +134,9 @@ class Namespace:
             lambda: self.catalog.instances(group) if group is not None else Named(),
             self._instance_node,
         )
-        return DirNode(
-            directory(mtime),
-            {"project.json": JsonFile(project, mtime), "processes": processes},
-            lambda: BranchNode(self, self.catalog.project_tree(project["_id"])),
-        )
+        view = self._bids_dir(lambda: self.catalog.project_bids(project), mtime)
+        fixed = {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view}
+        return ProjectDir(self, project, fixed, mtime)
 
     def _pub_node(self, pub: dict[str, Any]) -> Node:
         mtime = timestamp(pub.get("create_date"))
@@ -106,22 +150,39 @@ class Namespace:
                 ),
                 reserved=["publication.json"],
             ),
-            self._release_node,
+            lambda release: self._release_node(pub, release),
         )
         return DirNode(
             directory(mtime), {"publication.json": JsonFile(pub, mtime)}, lambda: releases
         )
 
-    def _release_node(self, release: dict[str, Any]) -> Node:
-        tree = self.catalog.release_tree(release["_id"])
-        return BranchNode(self, tree, timestamp(release.get("create_date")))
+    def _release_node(self, pub: dict[str, Any], release: dict[str, Any]) -> Node:
+        mtime = timestamp(release.get("create_date"))
+        view = self._bids_dir(lambda: self.catalog.release_bids(pub, release), mtime)
+        return DirNode(
+            directory(mtime),
+            {"bids": view},
+            lambda: BranchNode(self, self.catalog.release_tree(release["_id"]), mtime),
+        )
+
+    def _bids_dir(self, dataset: Callable[[], bids.Dataset], mtime: float) -> Node:
+        """A BIDS view (DESIGN §1.2) whose data files are their objects' member nodes."""
+
+        def member(entry: bids.Member) -> Node:
+            record = {"_id": entry.object_id, "size": entry.size}
+            return Member(self, record, entry.member)
+
+        return BidsDir(dataset, self.objects, member, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
-        return NamedDir(
-            directory(timestamp(instance.get("create_date"))),
-            lambda: self.catalog.tasks(instance["_id"]),
+        mtime = timestamp(instance.get("create_date"))
+        tasks = NamedDir(
+            directory(mtime),
+            lambda: self.catalog.tasks(instance["_id"], reserved=[INSTANCE_METADATA]),
             lambda task: TaskDir(self, task, "", directory(timestamp(task.get("create_date")))),
         )
+        metadata = JsonFile(without_secrets(instance), mtime)
+        return DirNode(directory(mtime), {INSTANCE_METADATA: metadata}, lambda: tasks)
 
     def _object_by_id(self, object_id: str) -> Node:
         return ObjectDir(self, self.catalog.object_record(object_id))
@@ -131,6 +192,45 @@ class Namespace:
         if task.get("status") == "removed":
             raise NotFound(f"task {task_id} was removed")
         return TaskDir(self, task, "", directory(timestamp(task.get("create_date"))))
+
+
+class ProjectDir(DirNode):
+    """A project: project.json, processes/ and bids/; files made from metadata (the objects by
+    state, the participant table when this user may read it), their requests made only when
+    they are looked up, not when the project is listed; then its subjects."""
+
+    def __init__(
+        self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float
+    ) -> None:
+        super().__init__(
+            directory(mtime), fixed, lambda: BranchNode(ns, ns.catalog.project_tree(project["_id"]))
+        )
+        self._ns = ns
+        self._project = project
+
+    def _made_names(self) -> list[str]:
+        readable = self._ns.catalog.participants_readable(self._project)
+        return [STATES, *(PARTICIPANTS if readable else ())]
+
+    def _made(self, name: str) -> Node:
+        catalog, project_id, mtime = self._ns.catalog, self._project["_id"], self._attr.mtime
+        if name == STATES:
+            return JsonFile(catalog.object_states(project_id), mtime)
+        table = catalog.participants(project_id) or {}
+        rows = table.get("subjects") or []
+        tsv, sidecar = bids.participants([bids.label(r.get("subject")) for r in rows], table)
+        return BytesFile(tsv if name == "participants.tsv" else sidecar or b"{}\n", mtime)
+
+    def lookup(self, name: str) -> Node:
+        if name in self._made_names():
+            return self._made(name)
+        return super().lookup(name)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        # Sizes are known only after the requests, which a listing must not make (the adapter
+        # only uses the type from readdir).
+        made = [(name, Attr(False, 0, self._attr.mtime)) for name in self._made_names()]
+        return made + super().entries()
 
 
 class BranchNode(Node):
@@ -143,11 +243,21 @@ class BranchNode(Node):
 
     def lookup(self, name: str) -> Node:
         child = self._branch.children.get(name)
+        if child is None and is_object_id(name):
+            child = self._datatype_by_id(name)
         if child is None:
             raise NotFound(f"no such file: {name}")
         if isinstance(child, Branch):
             return BranchNode(self._ns, child)
         return ObjectDir(self._ns, child)
+
+    def _datatype_by_id(self, datatype_id: str) -> Branch | None:
+        """A datatype's directory reached by the datatype's id (a lookup alias, not listed)."""
+        datatypes = self._ns.catalog.datatypes()
+        if datatype_id not in datatypes:
+            return None
+        child = self._branch.children.get(datatype_dir({"datatype": datatype_id}, datatypes))
+        return child if isinstance(child, Branch) else None
 
     def entries(self) -> list[tuple[str, Attr]]:
         return [
@@ -167,6 +277,7 @@ class ObjectDir(Node):
         super().__init__(directory(_created(record)))
         self._ns = ns
         self._record = record
+        self._beside = Beside(frozenset(OBJECT_METADATA), record["_id"])
 
     def _info(self) -> JsonFile:
         return JsonFile(self._record, self._attr.mtime)
@@ -179,17 +290,17 @@ class ObjectDir(Node):
             return self._info()
         if name == "_product.json":
             return self._product()
-        return Member(self._ns, self._record, name)
+        return Member(self._ns, self._record, self._beside.listed_name(name))
 
     def entries(self) -> list[tuple[str, Attr]]:
         # `_product.json`'s size is only known after its request, which a listing must not make.
         known = self._ns.catalog.known_product_bytes(self._record["_id"])
         mtime = self._attr.mtime
-        product = Attr(False, len(known), mtime) if known else Attr(False, 0, mtime, exact=False)
+        product = Attr(False, len(known), mtime, exact=True) if known else Attr(False, 0, mtime)
         members = Member(self._ns, self._record, "").entries()
-        info = Attr(False, self._ns.info_size(self._record), mtime)
+        info = Attr(False, self._ns.info_size(self._record), mtime, exact=True)
         fixed = [("_info.json", info), ("_product.json", product)]
-        return fixed + [(n, a) for n, a in members if n not in ("_info.json", "_product.json")]
+        return fixed + self._beside.shown(members)
 
 
 class Member(Node):
@@ -221,27 +332,37 @@ class Member(Node):
 
 def _member_attr(member: MemberInfo) -> Attr:
     is_dir = stat.S_ISDIR(member.mode)
-    return Attr(is_dir, 0 if is_dir else member.size, member.mtime)
+    return Attr(is_dir, 0 if is_dir else member.size, member.mtime, exact=True)
 
 
 class TaskDir(Node):
-    """A directory of a task's output tree, listed by `/task/ls` (sizes and mtimes included)."""
+    """A directory of a task's output tree, listed by `/task/ls` (sizes and mtimes included);
+    the task's root also holds `_task.json`, its record, answered without a download."""
 
     def __init__(self, ns: Namespace, task: dict[str, Any], relpath: str, attr: Attr) -> None:
         super().__init__(attr)
         self._ns = ns
         self._task = task
         self._relpath = relpath
+        metadata = frozenset() if relpath else frozenset([TASK_METADATA])
+        self._beside = Beside(metadata, task["_id"])
+
+    def _metadata(self) -> JsonFile:
+        return JsonFile(without_secrets(self._task), self._attr.mtime)
 
     def lookup(self, name: str) -> Node:
+        if name in self._beside.metadata:
+            return self._metadata()
+        name = self._beside.listed_name(name)
         catalog = self._ns.catalog
-        attr = catalog.task_listing(self._task, self._relpath).get(name)
+        listing = catalog.task_listing(self._task, self._relpath)
+        attr = listing.attrs.get(name)
         if attr is None:
             raise NotFound(f"no such file: {name}")
         path = f"{self._relpath}/{name}" if self._relpath else name
         if attr.is_dir:
             return TaskDir(self._ns, self._task, path, attr)
-        if not attr.exact:
+        if name in listing.file_links:
             attr = Attr(False, catalog.linked_size(self._task, path), attr.mtime)
         task_id, size, final = self._task["_id"], attr.size, is_finished(self._task)
         return FileNode(attr, lambda: self._ns.task_files.open(task_id, path, size, final=final))
@@ -249,4 +370,6 @@ class TaskDir(Node):
     def entries(self) -> list[tuple[str, Attr]]:
         # A symlinked file is listed with the link's own size, marked inexact: its real size
         # costs a request, made only when it is looked up.
-        return list(self._ns.catalog.task_listing(self._task, self._relpath).items())
+        listed = self._ns.catalog.task_listing(self._task, self._relpath).attrs.items()
+        own = [(TASK_METADATA, self._metadata().attr())] if self._beside.metadata else []
+        return own + self._beside.shown(listed)

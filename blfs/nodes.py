@@ -25,13 +25,14 @@ class IsADirectory(BlfsError):
 
 @dataclass(frozen=True)
 class Attr:
-    """A node's type, size and mtime. `exact` is False for a listed size that stands in for one
-    not known yet: the adapter must not hand it on as the file's size (DESIGN §9)."""
+    """A node's type, size and mtime. Only an `exact` one may be handed on with a listing: a
+    listed size that stands in for one not known yet must never reach the kernel (DESIGN §9),
+    so a listing's attributes count as placeholders unless marked exact."""
 
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
-    exact: bool = True
+    exact: bool = False
 
 
 class Handle(Protocol):
@@ -64,7 +65,7 @@ def json_bytes(value: Any) -> bytes:
 
 
 def directory(mtime: float = 0.0) -> Attr:
-    return Attr(True, 0, mtime)
+    return Attr(True, 0, mtime, exact=True)
 
 
 class Node:
@@ -101,7 +102,7 @@ class BytesFile(FileNode):
     """A generated file whose bytes are known."""
 
     def __init__(self, data: bytes, mtime: float) -> None:
-        super().__init__(Attr(False, len(data), mtime), lambda: BytesHandle(data))
+        super().__init__(Attr(False, len(data), mtime, exact=True), lambda: BytesHandle(data))
 
 
 class JsonFile(Node):
@@ -112,7 +113,7 @@ class JsonFile(Node):
         self._value = value
 
     def attr(self) -> Attr:
-        return Attr(False, len(json_bytes(self._value)), self._attr.mtime)
+        return Attr(False, len(json_bytes(self._value)), self._attr.mtime, exact=True)
 
     def open(self) -> Handle:
         return BytesHandle(json_bytes(self._value))

@@ -1,7 +1,9 @@
 """`blfs prefetch`: fetch every object under some mounted paths ahead of use, several at a time.
 
 It works through the mount, so the mount's one-download-per-object rule, its cache and its
-credentials apply unchanged, and an interrupted run simply leaves fewer objects cached.
+credentials apply unchanged, and an interrupted run simply leaves fewer objects cached. It says
+before it starts when the objects will not all fit in the cache, and at the end what the bound
+evicted again.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import TextIO
+from typing import Any, TextIO
 
-from blfs import status
+from blfs import mounting, status
+from blfs.cache import object_key, settled
+from blfs.errors import BlfsError
 from blfs.ids import is_object_id
 from blfs.units import human
 
-_STILL_RUNNING = (errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN)
+_STILL_RUNNING = (errno.EINTR, errno.EAGAIN)  # a wait never times out while bytes come
+_EVICTED_SHOWN = 5
 
 
 def is_object_dir(path: Path) -> bool:
@@ -43,26 +49,50 @@ def find_objects(roots: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def mount_of(path: Path) -> dict[str, Any]:
+    """The status record of the blfs mount holding `path`; a one-line error for any other path."""
+    if not path.exists():
+        raise BlfsError(f"{path} does not exist")
+    real = os.path.realpath(path)
+    for record in status.running_mounts():
+        point = record.get("mountpoint", "")
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            return record
+    raise BlfsError(f"{path} is not inside a blfs mount (prefetch fetches through one)")
+
+
 @dataclass
 class _Job:
     path: Path
     size: int
+    cache_dir: Path
     done: bool = False
     error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return object_key(self.path.name)
+
+    def verdict(self) -> str:
+        outcome = f"failed: {self.error}" if self.error else "cached"
+        return f"{self.path}  {human(self.size)}  {outcome}"
 
 
 @dataclass
 class _Run:
     jobs: list[_Job]
-    mountpoint: str | None
+    mountpoints: list[str]
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: Queue[_Job] = field(default_factory=Queue)
 
     def in_flight_bytes(self) -> int:
-        record = status.mount_record(self.mountpoint) if self.mountpoint else None
-        downloads = {d.get("id"): d for d in (record or {}).get("downloads", [])}
+        downloads: dict[str, dict[str, Any]] = {}
+        for point in self.mountpoints:
+            for item in (status.mount_record(point) or {}).get("downloads", []):
+                downloads[item.get("id")] = item
         return sum(
-            downloads.get(job.path.name, {}).get("bytes_done", 0)
+            downloads.get(f"object {job.path.name}", {}).get("bytes_done", 0)
             for job in self.jobs
             if not job.done
         )
@@ -82,13 +112,47 @@ class _Run:
         )
 
 
-def _mountpoint_of(path: Path) -> str | None:
-    real = os.path.realpath(path)
-    for record in status.running_mounts():
-        point = record.get("mountpoint", "")
-        if real == point or real.startswith(point.rstrip("/") + "/"):
-            return point
-    return None
+class _Bound:
+    """One cache's bound against the objects fetched into it: the warning before, the account of
+    what it evicted after."""
+
+    def __init__(self, cache_dir: Path, jobs: list[_Job]) -> None:
+        self.cache = mounting.open_cache(cache_dir)
+        self.jobs = jobs
+        self.before = self._entries()
+
+    def _entries(self) -> dict[str, int]:
+        return {entry.key: entry.size for entry in self.cache.entries()}
+
+    def warning_before(self) -> str | None:
+        total = sum(job.size for job in self.jobs)
+        if total <= self.cache.max_bytes:
+            return None
+        return (
+            f"{len(self.jobs)} objects of {human(total)} do not fit in the cache's bound of"
+            f" {human(self.cache.max_bytes)} ({self.cache.root}): at most that much of them"
+            " stays cached; the rest is evicted again as the fetch goes on,"
+            " least recently used first"
+        )
+
+    def report_after(self) -> list[str]:
+        after = self._entries()
+        fetched = [job for job in self.jobs if not job.error]
+        evicted = [job for job in fetched if job.key not in after]
+        earlier = [key for key in self.before if key not in after]
+        if not evicted and not earlier:
+            return []
+        kept = sum(after.get(job.key, 0) for job in fetched)
+        lines = [
+            f"the cache's bound of {human(self.cache.max_bytes)} ({self.cache.root}) kept"
+            f" {human(kept)} of what was fetched; evicted to stay within it:"
+            f" {len(evicted)} fetched objects ({human(sum(job.size for job in evicted))}) and"
+            f" {len(earlier)} entries cached before ({human(sum(self.before[k] for k in earlier))})"
+        ]
+        lines += [f"  evicted: {job.path}" for job in evicted[:_EVICTED_SHOWN]]
+        if len(evicted) > _EVICTED_SHOWN:
+            lines.append(f"  … and {len(evicted) - _EVICTED_SHOWN} more")
+        return lines
 
 
 def _size_hint(path: Path) -> int:
@@ -98,7 +162,7 @@ def _size_hint(path: Path) -> int:
         return 0
 
 
-def _fetch(job: _Job, run: _Run, out: TextIO) -> None:
+def _fetch(job: _Job, run: _Run) -> None:
     """Lists the object (which fetches it) until its download has finished or failed."""
     while True:
         try:
@@ -108,20 +172,50 @@ def _fetch(job: _Job, run: _Run, out: TextIO) -> None:
             if exc.errno not in _STILL_RUNNING:
                 job.error = os.strerror(exc.errno or errno.EIO)
                 break
+    while not job.error and not settled(job.cache_dir, job.key):
+        time.sleep(0.05)  # the listing came once verified; the commit follows
     with run.lock:
         job.done = True
-    verdict = f"failed: {job.error}" if job.error else "cached"
-    print(f"\r\033[K{job.path}  {human(job.size)}  {verdict}", file=out, flush=True)
+    run.finished.put(job)
+
+
+def _jobs(paths: list[Path]) -> tuple[list[_Job], list[str]]:
+    """The objects under the paths, each with the cache it goes into; the mountpoints."""
+    mounts = {path: mount_of(path) for path in paths}
+    jobs = {}
+    for path, record in mounts.items():
+        for found in find_objects([path]):
+            jobs[found] = _Job(found, _size_hint(found), Path(record["cache_dir"]))
+    mountpoints = [record["mountpoint"] for record in mounts.values()]
+    return sorted(jobs.values(), key=lambda job: job.path), list(dict.fromkeys(mountpoints))
+
+
+def _bounds(jobs: list[_Job]) -> list[_Bound]:
+    """One `_Bound` per cache dir the objects go into (mounts may share one)."""
+    by_cache: dict[Path, list[_Job]] = {}
+    for job in jobs:
+        by_cache.setdefault(job.cache_dir, []).append(job)
+    return [_Bound(cache_dir, group) for cache_dir, group in by_cache.items()]
+
+
+def _warn(lines: Iterable[str], out: TextIO) -> None:
+    """A warning, over the progress bar: its first line says so, the others follow as they are."""
+    for number, line in enumerate(lines):
+        print(f"\r\033[K{'' if number else 'blfs: warning: '}{line}", file=out, flush=True)
 
 
 def prefetch(paths: list[Path], parallel: int = 4, out: TextIO = sys.stderr) -> int:
-    """Fetches every object under the paths; returns how many failed.
+    """Fetches every object under the paths, which must lie in blfs mounts; returns how many
+    failed.
 
     Workers are daemon threads, so Ctrl-C ends the command at once; the mount finishes or drops
-    the downloads already started, and a re-run skips what is cached.
+    the downloads already started, and a re-run skips what is cached. Only this thread writes.
     """
-    objects = find_objects(paths)
-    run = _Run([_Job(path, _size_hint(path)) for path in objects], _mountpoint_of(paths[0]))
+    jobs, mountpoints = _jobs(paths)
+    bounds = _bounds(jobs)
+    for bound in bounds:
+        _warn(filter(None, [bound.warning_before()]), out)
+    run = _Run(jobs, mountpoints)
     queue: Queue[_Job] = Queue()
     for job in run.jobs:
         queue.put(job)
@@ -132,14 +226,18 @@ def prefetch(paths: list[Path], parallel: int = 4, out: TextIO = sys.stderr) -> 
                 job = queue.get_nowait()
             except Empty:
                 return
-            _fetch(job, run, out)
+            _fetch(job, run)
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(parallel)]
     for worker in workers:
         worker.start()
-    while any(worker.is_alive() for worker in workers):
+    while any(worker.is_alive() for worker in workers) or not run.finished.empty():
+        while not run.finished.empty():
+            print(f"\r\033[K{run.finished.get().verdict()}", file=out, flush=True)
         print(f"\r\033[K{run.line()}", end="", file=out, flush=True)
         for worker in workers:
             worker.join(0.5 / parallel)
     print(f"\r\033[K{run.line()}", file=out, flush=True)
+    for bound in bounds:
+        _warn(bound.report_after(), out)
     return sum(1 for job in run.jobs if job.error)

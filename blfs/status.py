@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blfs.private import private_dir
+
 PUBLISH_INTERVAL = 1.0
+
+log = logging.getLogger("blfs")
 
 
 def registry_dir() -> Path:
@@ -41,7 +46,7 @@ class Publisher:
         self._record = {**record, "pid": os.getpid()}
         self._live = live
         self._path = registry_dir() / f"{os.getpid()}.json"
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._path.parent)
         self._stop = threading.Event()
         self._publish()
         self._thread = threading.Thread(target=self._run, name="blfs-status", daemon=True)
@@ -51,8 +56,18 @@ class Publisher:
         _write_atomically(self._path, {**self._record, **self._live()})
 
     def _run(self) -> None:
+        """A publish that fails (a full disk, say) is tried again a second later: a thread that
+        died here would leave `blfs status` showing the mount's first second for ever."""
+        failing = False
         while not self._stop.wait(PUBLISH_INTERVAL):
-            self._publish()
+            try:
+                self._publish()
+            except Exception as exc:
+                if not failing:
+                    log.warning("cannot update the status record %s: %s", self._path, exc)
+                failing = True
+            else:
+                failing = False
 
     def close(self) -> None:
         self._stop.set()
@@ -79,3 +94,16 @@ def running_mounts() -> list[dict[str, Any]]:
 def mount_record(mountpoint: str) -> dict[str, Any] | None:
     real = os.path.realpath(mountpoint)
     return next((r for r in running_mounts() if r.get("mountpoint") == real), None)
+
+
+def cache_dirs() -> list[Path]:
+    """The cache directories of the running mounts, each once."""
+    return list(dict.fromkeys(Path(record["cache_dir"]) for record in running_mounts()))
+
+
+def cache_bound(cache_dir: Path) -> int | None:
+    """The bound a running mount keeps `cache_dir` within, if one uses it."""
+    for record in running_mounts():
+        if Path(record["cache_dir"]) == cache_dir.absolute():
+            return int(record["cache"]["max"])
+    return None

@@ -109,3 +109,11 @@ def _sort(branch: Branch) -> None:
     for child in branch.children.values():
         if isinstance(child, Branch):
             _sort(child)
+
+
+def records(branch: Branch) -> list[dict[str, Any]]:
+    """The data-object records of a tree, in path order."""
+    found = []
+    for child in branch.children.values():
+        found += records(child) if isinstance(child, Branch) else [child]
+    return found

@@ -25,7 +25,7 @@ from blfs.api import Client
 from blfs.auth import TokenStore
 from blfs.cache import Cache
 from blfs.emulator.control import Emulator, generated_data, start_emulator
-from blfs.fetch import ObjectFetcher
+from blfs.fetch import Downloads, ObjectFetcher
 
 WINDOW = 500
 
@@ -75,7 +75,7 @@ def bare(client: Client, object_id: str) -> None:
 
 
 def fetch_all(client: Client, root: Path, max_bytes: int, ids: list[str]) -> list[float]:
-    fetcher = ObjectFetcher(Cache(root, max_bytes), client.download_dataset, wait_timeout=60)
+    fetcher = ObjectFetcher(Downloads(Cache(root, max_bytes)), client.download_dataset)
     return per_object(ids, lambda object_id: fetcher.contents(object_id).listdir(""))
 
 

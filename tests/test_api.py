@@ -418,3 +418,11 @@ def test_many_threads_share_one_client(client, emulator):
         thread.join(60)
     assert results == [expected] * 32
     assert len(expected) == len(objects_of(emulator, "Lab Private"))
+
+
+def test_participants_are_the_published_table_or_access_denied(client, emulator):
+    table = client.participants(project_id(emulator, "BIDS Study"))
+    assert [row["subject"] for row in table["subjects"]] == ["01", "02", "03", "04"]
+    assert "age" in table["columns"]
+    with pytest.raises(AccessDenied):
+        client.participants(project_id(emulator, "Guest Study"))

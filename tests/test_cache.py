@@ -192,7 +192,7 @@ def test_live_staging_is_kept_by_a_new_cache_instance(tmp_path):
     (staging.path / "x").write_bytes(b"partial")
     assert Cache(root, 1 << 30).usage() == (10, 1 << 30)
     assert (staging.path / "x").exists()
-    staging.discard()
+    Cache(root, 1 << 30).discard(staging)
     assert list((root / "tmp").iterdir()) == []
 
 
@@ -202,10 +202,10 @@ def put(cache: Cache, object_id: str, size: int) -> None:
     staging = cache.stage(object_key(object_id), size, directory=True)
     (staging.path / "data").mkdir()
     (staging.path / "data" / "f").write_bytes(b"x" * size)
-    staging.add(size)
+    cache.reserve(staging, size)
     index = {"version": 1, "bytes": size, "members": [["f", size, 0o100444, 0.0]]}
     (staging.path / "index.json").write_text(json.dumps(index))
-    staging.commit()
+    cache.commit(staging, size)
 
 
 def on_disk(root: Path) -> set[str]:
@@ -306,3 +306,55 @@ def test_a_compacted_ledger_is_reread_by_the_others(tmp_path):
     assert len((root / "ledger").read_bytes().splitlines()) < 30
     assert second.usage()[0] == first.usage()[0] == 100
     assert {e.key for e in second.entries()} == on_disk(root)
+
+
+# -- a cache that heals itself, and stays private ------------------------------------------------
+def test_stray_files_and_objects_without_index_are_discarded_at_start(tmp_path):
+    root = tmp_path / "cache"
+    cache = Cache(root, 1 << 30)
+    put(cache, "a", 100)
+    put(cache, "b", 100)
+    (root / "objects" / "stray.txt").write_text("foreign")
+    (root / "objects" / "b" / "index.json").unlink()
+    (root / "ledger").write_bytes(b"\x00not a ledger\n")
+    healed = Cache(root, 1 << 30)
+    assert on_disk(root) == {object_key("a")}
+    assert healed.usage()[0] == 100
+    assert [e.key for e in healed.entries()] == [object_key("a")]
+
+
+def test_clear_removes_a_damaged_entry_and_its_failure(tmp_path):
+    root = tmp_path / "cache"
+    cache = Cache(root, 1 << 30)
+    put(cache, "a", 100)
+    (root / "objects" / "a" / "index.json").unlink()
+    cache.failures.record(object_key("a"), CacheFull("x"), 60, 60)
+    assert cache.clear([object_key("a")]) == [object_key("a")]
+    assert on_disk(root) == set() and cache.failures.get(object_key("a")) is None
+
+
+def test_a_truncated_cached_file_is_never_served_but_fetched_again(
+    client, emulator, objects, tmp_path
+):
+    (object_id,) = objects[:1]
+    members = fill(emulator, [object_id], MiB)
+    root = tmp_path / "cache"
+    fetch(new_fetcher(client, root), object_id)
+    os.truncate(root / "objects" / object_id / "data" / "data.bin", 1000)
+    assert fetch(new_fetcher(client, root), object_id) == members[object_id]
+    assert downloads(emulator, object_id) == 2
+
+
+def test_everything_created_is_owner_only_whatever_the_umask(client, emulator, objects, tmp_path):
+    (object_id,) = objects[:1]
+    fill(emulator, [object_id], 1000)
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o755)
+    old = os.umask(0)
+    try:
+        fetch(new_fetcher(client, root), object_id)
+        Cache(root, 1 << 30).failures.record("objects/x", CacheFull("x"), 60, 60)
+    finally:
+        os.umask(old)
+    loose = [p for p in [root, *root.rglob("*")] if p.lstat().st_mode & 0o077]
+    assert loose == []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_fetch import downloads, tar_bytes
+from test_fetch import downloads, tar_bytes, wait_until
 from test_mount import an_object, archive_members, run, shown_objects
 
 from blfs import mountinfo
@@ -32,10 +32,17 @@ def sized_objects(replace_archive, emulator, count: int, size: int) -> list[dict
 
 
 def read_object(mount, obj: dict) -> bytes:
-    """Reads the object's one member, then waits (by listing it) until the object is committed."""
+    """Reads the object's one member, then waits until the object is committed (its listing is
+    answered before: the commit is off the reader's path)."""
     data = (mount.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
     os.listdir(mount.path / "objects" / obj["_id"])
+    wait_until(lambda: not staged(mount), what="the commit")
     return data
+
+
+def staged(mount) -> list[Path]:
+    """Entries being written (or removed) in the cache's staging area."""
+    return [p for p in (mount.cache_dir / "tmp").iterdir() if not p.name.endswith(".lock")]
 
 
 def test_least_recently_used_objects_are_evicted_whole(replace_archive, mount_factory, emulator):

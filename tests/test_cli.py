@@ -1,16 +1,23 @@
-"""The command line as a user types it: login, demo, umount."""
+"""The command line as a user types it: login, demo, umount, status, cache, prefetch, bad input."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from mount_fixtures import require_fuse, user_env
+from test_cache_mount import MiB, sized_objects
+from test_fetch import wait_for_commit
+from test_mount import an_object, shown_objects
 
-from blfs import mountinfo
+from blfs import mountinfo, status
 
 
 def blfs(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -92,3 +99,127 @@ def test_umount_of_a_busy_mount_says_what_to_do(mount):
     assert "busy" in busy.stderr and "--lazy" in busy.stderr
     assert "Traceback" not in busy.stderr
     assert mountinfo.is_mounted(mount.path)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with exactly one line on stderr and no traceback; that line."""
+    assert done.returncode != 0, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("login", "--api", "notaurl"), "not an API URL"),
+        (("mount", "{mnt}", "--api", "notaurl"), "not an API URL"),
+        (("mount", "{mnt}", "--cache-dir", "{file}"), "is not a directory"),
+        (("mount", "{mnt}", "--cache-dir", "{file}/cache"), "is not a directory"),
+        (("cache", "du", "--cache-dir", "{file}"), "is not a directory"),
+        (("mount", "{mnt}", "--cache-size", "0"), "could hold nothing"),
+        (("mount", "{mnt}", "--cache-size=-1G"), "not a size"),
+        (("mount", "{mnt}", "--ttl", "-1"), "not a number of seconds"),
+        (("mount", "{mnt}", "--ttl", "nan"), "not a number of seconds"),
+        (("demo", "{mnt}", "--ttl", "inf"), "not a number of seconds"),
+        (("prefetch", "{mnt}/no/such/path"), "does not exist"),
+        (("prefetch", "{mnt}"), "not inside a blfs mount"),
+        (("prefetch", "-j", "0", "{mnt}"), "parallel"),
+    ],
+)
+def test_bad_command_line_input_gets_one_clear_line(tmp_path, args, said):
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "a-file").write_text("not a directory\n")
+    values = {"mnt": tmp_path / "mnt", "file": tmp_path / "a-file"}
+    done = blfs(tmp_path, *(arg.format(**values) for arg in args))
+    assert said in one_line_error(done)
+    assert not mountinfo.is_mounted(tmp_path / "mnt")
+    assert not (tmp_path / "a-file" / "cache").exists()
+
+
+def test_login_without_input_says_what_it_needs(emulator, tmp_path):
+    done = blfs(tmp_path, "login", "--api", emulator.url, stdin="")
+    assert "needs a username" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode != 0
+
+
+def cache_figure(text: str, cache_dir: Path) -> str:
+    """The `X of Y` a line about `cache_dir` gives."""
+    (line,) = [line for line in text.splitlines() if str(cache_dir) in line]
+    return re.search(r"([\d.]+ \w+ of [\d.]+ \w+)", line).group(1)
+
+
+def test_status_and_cache_du_agree_after_a_prefetch_larger_than_the_bound(
+    replace_archive, mount_factory, emulator
+):
+    chosen = sized_objects(replace_archive, emulator, 5, 2 * MiB)
+    mount = mount_factory(extra=("--cache-size", "5M"))
+    paths = [str(mount.path / "objects" / obj["_id"]) for obj in chosen]
+    done = mount.blfs("prefetch", "-j", "1", *paths, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, after = done.stderr.split("objects  ", 1)
+    assert "do not fit in the cache's bound of 5.0 MiB" in before
+    assert "evicted to stay within it: 3 fetched objects (6.0 MiB)" in after, after
+    kept = sorted(p.name for p in (mount.cache_dir / "objects").iterdir())
+    assert len(kept) == 2 and set(kept) < {obj["_id"] for obj in chosen}
+    time.sleep(2 * status.PUBLISH_INTERVAL)
+    shown = mount.blfs("status")
+    usage = mount.blfs("cache", "du", "--cache-dir", str(mount.cache_dir))
+    assert cache_figure(shown.stdout, mount.cache_dir) == "4.0 MiB of 5.0 MiB"
+    assert cache_figure(usage.stdout, mount.cache_dir) == "4.0 MiB of 5.0 MiB"
+
+
+def test_prefetch_within_the_bound_warns_of_nothing(mount, emulator):
+    obj = an_object(emulator)
+    done = mount.blfs("prefetch", str(mount.path / "objects" / obj["_id"]), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr and "1/1 objects" in done.stderr
+
+
+def test_a_task_file_download_shows_in_status(mount, emulator):
+    task = next(t for t in emulator.db("tasks") if t["status"] == "finished")
+    image = mount.path / "tasks" / task["_id"] / "output" / "t1.nii.gz"
+    emulator.set(bandwidth=image.stat().st_size / 8)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(image.read_bytes)
+        time.sleep(2)
+        shown = mount.blfs("status")
+        emulator.reset()  # the rest at full speed
+        assert reading.result(60)
+    assert f"task {task['_id']} file output/t1.nii.gz" in shown.stdout, shown.stdout
+
+
+def test_cache_without_cache_dir_covers_the_caches_of_running_mounts(mount, emulator):
+    obj = an_object(emulator)
+    (mount.path / "objects" / obj["_id"] / "t1.nii.gz").read_bytes()
+    wait_for_commit(mount.cache_dir, obj["_id"])
+    listing = mount.blfs("cache", "ls")
+    assert listing.returncode == 0, listing.stderr
+    assert f"objects/{obj['_id']}" in listing.stdout
+    usage = mount.blfs("cache", "du")
+    assert str(mount.cache_dir) in usage.stdout and "(1 entries)" in usage.stdout
+
+
+def test_cache_ls_into_a_closed_pipe_ends_quietly(mount, emulator):
+    for obj in shown_objects(emulator, "Lab Private")[:3]:
+        os.listdir(mount.path / "objects" / obj["_id"])
+    command = f"{sys.executable} -m blfs cache ls | head -1"
+    piped = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        env=mount.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert len(piped.stdout.splitlines()) == 1
+    closed = subprocess.Popen(
+        [sys.executable, "-m", "blfs", "cache", "ls"],
+        env=mount.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    closed.stdout.close()  # gone before the command writes anything
+    assert closed.wait(60) == 0
+    assert closed.stderr.read() == b""
+    closed.stderr.close()

@@ -13,6 +13,7 @@ from blfs.emulator.control import generate_data
 
 NAMES = {
     "Lab Private",
+    "BIDS Study",
     "Open Diffusion",
     "Guest Study",
     "Agreement Study",

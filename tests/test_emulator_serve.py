@@ -47,3 +47,16 @@ def test_cli_refuses_half_a_tls_pair(emulator_data, tmp_path):
         [*args, "--tls-cert", str(tmp_path / "c")], capture_output=True, text=True, timeout=30
     )
     assert done.returncode != 0 and "--tls-key" in done.stderr
+
+
+def test_routes_take_a_trailing_slash_as_express_does(emulator):
+    """brainlife's own group-analysis example calls `/api/warehouse/dataset/`."""
+    token = emulator.token()
+    plain = emulator.get("/warehouse/dataset", token, params={"limit": 3})
+    slashed = emulator.get("/warehouse/dataset/", token, params={"limit": 3})
+    assert slashed.status_code == 200 and slashed.json() == plain.json()
+    assert plain.json()["datasets"]
+    task = emulator.db("tasks")[0]
+    assert emulator.get(f"/amaretti/task/{task['_id']}/").json()["_id"] == task["_id"]
+    assert emulator.get("/warehouse/health/").json()["status"] == "ok"
+    assert emulator.get("/warehouse/dataset//").status_code == 404

@@ -36,6 +36,7 @@ def test_logged_in_listing_adds_member_guest_and_listed_projects_and_keeps_remov
     assert names == sorted(
         [
             "Lab Private",
+            "BIDS Study",
             "Open Diffusion",
             "Guest Study",
             "Agreement Study",
@@ -283,3 +284,31 @@ def test_warehouse_answers_carry_nocache_and_no_etag(emulator, token):
 def test_health(emulator):
     for service in ("auth", "warehouse", "amaretti"):
         assert emulator.get(f"/{service}/health").json()["status"] == "ok"
+
+
+PARTICIPANT = "/warehouse/participant/"
+
+
+def test_published_participants_are_readable_by_anyone(emulator):
+    project_id = project(emulator, "BIDS Study")["_id"]
+    body = emulator.get(PARTICIPANT + project_id).json()
+    (stored,) = [p for p in emulator.db("participants") if p["project"] == project_id]
+    assert body["subjects"] == stored["subjects"] and body["columns"] == stored["columns"]
+    assert {row["subject"] for row in body["subjects"]} >= {"01", "02", "03"}
+
+
+def test_unpublished_participants_need_a_member_or_admin(emulator, token):
+    lab = project(emulator, "Lab Private")["_id"]
+    assert emulator.get(PARTICIPANT + lab, token).json()["subjects"]
+    refused = emulator.get(PARTICIPANT + lab)
+    assert refused.status_code == 401 and "nor member" in refused.text
+    guest = project(emulator, "Guest Study")["_id"]  # demo is a guest there: not enough
+    assert emulator.get(PARTICIPANT + guest, token).status_code == 401
+
+
+def test_participants_of_a_project_without_a_table_are_empty_and_unknown_is_404(emulator):
+    alice = emulator.token("alice")
+    hidden = project(emulator, "Hidden Lab")["_id"]
+    body = emulator.get(PARTICIPANT + hidden, alice).json()
+    assert (body["subjects"], body["columns"]) == ([], {})
+    assert emulator.get(PARTICIPANT + "0123456789abcdef01234567").status_code == 404

@@ -19,9 +19,9 @@ import pytest
 
 from blfs.api import Client
 from blfs.auth import TokenStore
-from blfs.cache import Cache
+from blfs.cache import Cache, object_key, settled
 from blfs.errors import AccessDenied, BadArchive, NotFound, RemoteError, RemoteTimeout
-from blfs.fetch import ObjectFetcher, TaskFiles
+from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
 
 DOWNLOAD = "/api/warehouse/dataset/download/"
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,11 +33,11 @@ import hashlib, sys
 from pathlib import Path
 from blfs.api import Client
 from blfs.auth import TokenStore
-from blfs.cache import Cache
-from blfs.fetch import ObjectFetcher
+from blfs.cache import Cache, object_key, settled
+from blfs.fetch import Downloads, ObjectFetcher
 url, home, cache_dir, object_id, member = sys.argv[1:6]
 client = Client(url, TokenStore(url, home=Path(home)))
-fetcher = ObjectFetcher(Cache(Path(cache_dir), 1 << 40), client.download_dataset, wait_timeout=60)
+fetcher = ObjectFetcher(Downloads(Cache(Path(cache_dir), 1 << 40)), client.download_dataset)
 handle = fetcher.contents(object_id).open(member)
 print("open", flush=True)
 size = fetcher.contents(object_id).lookup(member).size
@@ -84,6 +84,12 @@ def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> Non
         time.sleep(0.02)
 
 
+def wait_for_commit(cache_dir: Path, object_id: str) -> None:
+    """Waits until no process downloads the object into `cache_dir` any more: a listing is
+    answered as soon as the archive is verified, before the commit."""
+    wait_until(lambda: settled(cache_dir, object_key(object_id)), what="the commit")
+
+
 @pytest.fixture
 def home(emulator, tmp_path) -> Path:
     """A home with the demo user's token where `bl` keeps it."""
@@ -122,8 +128,19 @@ def archive_path(emulator, object_id: str) -> Path:
     return path
 
 
-def new_fetcher(client: Client, root: Path, max_bytes: int = 1 << 40, timeout: float = 20.0):
-    return ObjectFetcher(Cache(root, max_bytes), client.download_dataset, wait_timeout=timeout)
+def new_fetcher(
+    client: Client,
+    root: Path,
+    max_bytes: int = 1 << 40,
+    timeout: float = 20.0,
+    backoff: float = 5.0,
+):
+    downloads = Downloads(Cache(root, max_bytes), stall_timeout=timeout, first_backoff=backoff)
+    return ObjectFetcher(downloads, client.download_dataset)
+
+
+def task_files(client: Client, root: Path) -> TaskFiles:
+    return TaskFiles(Downloads(Cache(root, 1 << 40), stall_timeout=20), client.download_task_file)
 
 
 def read_all(contents, name: str) -> bytes:
@@ -257,16 +274,22 @@ def test_two_processes_on_one_cache_share_one_download(client, emulator, objects
     assert downloads(emulator, objects[0]) == 1
 
 
-def test_truncated_body_fails_then_the_next_access_succeeds(client, emulator, objects, tmp_path):
+def test_a_truncated_body_fails_alike_until_its_backoff_ends_then_succeeds(
+    client, emulator, objects, tmp_path
+):
     files = {"a.bin": os.urandom(MiB), "b.bin": os.urandom(MiB)}
     emulator.put_archive(objects[0], tar_bytes(files))
     emulator.set(truncate=[{"path": objects[0], "at": MiB + 5000, "times": 1}])
     root = tmp_path / "cache"
-    fetcher = new_fetcher(client, root)
-    with pytest.raises((BadArchive, RemoteError)):
+    fetcher = new_fetcher(client, root, backoff=1.0)
+    with pytest.raises((BadArchive, RemoteError)) as first:
         fetcher.contents(objects[0]).listdir("")
     assert_nothing_complete(root, objects[0])
     assert fetcher.progress()[0]["error"]
+    with pytest.raises(first.type):
+        fetcher.contents(objects[0]).lookup("a.bin")
+    assert downloads(emulator, objects[0]) == 1
+    time.sleep(1.0)
     assert read_all(fetcher.contents(objects[0]), "b.bin") == files["b.bin"]
     assert downloads(emulator, objects[0]) == 2
 
@@ -290,6 +313,9 @@ def test_damaged_gzip_is_refused_then_a_good_one_is_served(
         fetcher.contents(objects[0]).listdir("")
     assert_nothing_complete(root, objects[0])
     emulator.put_archive(objects[0], good)
+    with pytest.raises(BadArchive):  # refused alike until its backoff ends or it is cleared
+        fetcher.contents(objects[0]).lookup("t1.nii.gz")
+    Cache(root, 1 << 40).clear([object_key(objects[0])])
     assert read_all(fetcher.contents(objects[0]), "t1.nii.gz") == files["t1.nii.gz"]
 
 
@@ -370,15 +396,21 @@ def test_a_new_instance_serves_the_cache_without_requests(client, emulator, obje
     assert emulator.requests() == []
 
 
-def test_server_errors_are_not_cached(client, emulator, objects, tmp_path):
+def test_access_denied_is_retried_at_once_server_errors_after_a_backoff(
+    client, emulator, objects, tmp_path
+):
     emulator.put_archive(objects[0], tar_bytes({"a": b"a"}))
-    fetcher = new_fetcher(client, tmp_path / "cache")
+    fetcher = new_fetcher(client, tmp_path / "cache", backoff=1.0)
     emulator.set(fail=[{"path": objects[0], "status": 403, "times": 1}])
     with pytest.raises(AccessDenied):
         fetcher.contents(objects[0]).lookup("a")
     emulator.set(fail=[{"path": objects[0], "status": 500, "times": 2}])
     with pytest.raises(RemoteError):
         fetcher.contents(objects[0]).lookup("a")
+    with pytest.raises(RemoteError):
+        fetcher.contents(objects[0]).lookup("a")
+    assert downloads(emulator, objects[0]) == 3  # 403, then 500 and its one retry
+    time.sleep(1.0)
     assert read_all(fetcher.contents(objects[0]), "a") == b"a"
 
 
@@ -410,14 +442,14 @@ def test_a_finished_task_file_is_cached_by_task_and_path(client, emulator, tmp_p
     task_id, path, local = task_file(emulator)
     data = local.read_bytes()
     root = tmp_path / "cache"
-    files = TaskFiles(Cache(root, 1 << 40), client.download_task_file, wait_timeout=20)
+    files = task_files(client, root)
     handle = files.open(task_id, path, len(data), final=True)
     assert handle.read(0, len(data) + 10) == data
     wait_until(lambda: handle.complete, what="task file commit")
     handle.release()
     assert (root / "tasks" / task_id / path).read_bytes() == data
     emulator.clear_requests()
-    again = TaskFiles(Cache(root, 1 << 40), client.download_task_file)
+    again = task_files(client, root)
     handle = again.open(task_id, path, len(data), final=True)
     assert handle.complete and handle.read(0, len(data)) == data
     handle.release()
@@ -428,7 +460,7 @@ def test_a_running_task_file_is_served_from_tmp_and_dropped(client, emulator, tm
     task_id, path, local = task_file(emulator)
     data = local.read_bytes()
     root = tmp_path / "cache"
-    files = TaskFiles(Cache(root, 1 << 40), client.download_task_file, wait_timeout=20)
+    files = task_files(client, root)
     first = files.open(task_id, path, 0, final=False)
     second = files.open(task_id, path, 0, final=False)
     assert first.read(0, len(data) + 100) == data
@@ -446,9 +478,66 @@ def test_a_task_file_shorter_than_listed_is_an_error(client, emulator, tmp_path)
     task_id, path, local = task_file(emulator)
     size = local.stat().st_size
     root = tmp_path / "cache"
-    files = TaskFiles(Cache(root, 1 << 40), client.download_task_file, wait_timeout=20)
+    files = task_files(client, root)
     handle = files.open(task_id, path, size + 10, final=True)
     with pytest.raises(BadArchive):
         handle.read(0, size + 10)
     handle.release()
     assert not (root / "tasks" / task_id).exists()
+
+
+def test_every_waiter_on_a_stalled_download_fails_at_once_with_one_attempt(
+    client, emulator, objects, tmp_path
+):
+    emulator.put_archive(objects[0], tar_bytes({"a": os.urandom(MiB), "b": b"b"}))
+    emulator.set(stall=[{"path": objects[0], "after": 0, "seconds": 20, "times": 1}])
+    fetcher = new_fetcher(client, tmp_path / "cache", timeout=1.0)
+    ended: list[tuple[float, type]] = []
+    start = time.monotonic()
+
+    def wait_for_member() -> None:
+        try:
+            fetcher.contents(objects[0]).lookup("b")
+        except RemoteTimeout as exc:
+            ended.append((time.monotonic() - start, type(exc)))
+
+    threads = [threading.Thread(target=wait_for_member) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(20)
+    assert len(ended) == 8 and max(seconds for seconds, _ in ended) < 3
+    again = time.monotonic()
+    with pytest.raises(RemoteTimeout):  # remembered: the same errno at once
+        fetcher.contents(objects[0]).lookup("b")
+    assert time.monotonic() - again < 0.5
+    assert downloads(emulator, objects[0]) == 1
+
+
+def test_a_second_process_reads_the_bytes_as_they_arrive(client, emulator, objects, tmp_path, home):
+    data = os.urandom(6 * MiB)
+    emulator.put_archive(objects[0], tar_bytes({"t1.nii.gz": data}))
+    emulator.set(bandwidth=MiB)
+    root = tmp_path / "cache"
+    owner = new_fetcher(client, root)
+    first = owner.contents(objects[0]).open("t1.nii.gz")
+    assert first.read(0, MiB) == data[:MiB]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), objects[0], "t1.nii.gz"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        opened_at = time.monotonic()
+        assert child.stdout.readline().strip() == "open"
+        opened = time.monotonic() - opened_at
+        assert not owner.cached(objects[0])  # opened while the download runs
+        assert child.stdout.readline().strip() == hashlib.sha256(data).hexdigest()
+        assert child.wait(60) == 0
+    finally:
+        child.kill()
+        first.release()
+    assert opened < 4
+    assert downloads(emulator, objects[0]) == 1

@@ -44,14 +44,26 @@ DATATYPES: tuple[Datatype, ...] = (
         "neuro/anat/t1w",
         (_file("t1", "t1.nii.gz", desc="T1-weighted image"),),
         ("acpc_aligned",),
-        {"derivatives": False, "maps": [{"src": "t1.nii.gz", "dest": "T1w.nii.gz"}]},
+        {
+            "derivatives": "anat",
+            "maps": [
+                {"src": "t1.nii.gz", "dest": "T1w.nii.gz"},
+                {"src": "_meta_", "dest": "T1w.json"},
+            ],
+        },
         "T1-weighted anatomical image",
     ),
     Datatype(
         "neuro/anat/t2w",
         (_file("t2", "t2.nii.gz", desc="T2-weighted image"),),
         (),
-        {"derivatives": False, "maps": [{"src": "t2.nii.gz", "dest": "T2w.nii.gz"}]},
+        {
+            "derivatives": "anat",
+            "maps": [
+                {"src": "t2.nii.gz", "dest": "T2w.nii.gz"},
+                {"src": "_meta_", "dest": "T2w.json"},
+            ],
+        },
         "T2-weighted anatomical image",
     ),
     Datatype(
@@ -63,11 +75,12 @@ DATATYPES: tuple[Datatype, ...] = (
         ),
         ("preprocessed",),
         {
-            "derivatives": False,
+            "derivatives": "dwi",
             "maps": [
                 {"src": "dwi.nii.gz", "dest": "dwi.nii.gz"},
-                {"src": "dwi.bvals", "dest": "dwi.bval"},
-                {"src": "dwi.bvecs", "dest": "dwi.bvec"},
+                {"src": "*.bvals", "dest": "dwi.bval"},
+                {"src": "*.bvecs", "dest": "dwi.bvec"},
+                {"src": "_meta_", "dest": "dwi.json"},
             ],
         },
         "Diffusion-weighted MRI",
@@ -77,10 +90,11 @@ DATATYPES: tuple[Datatype, ...] = (
         (_file("bold", "bold.nii.gz"), _file("events", "events.tsv", required=False)),
         (),
         {
-            "derivatives": False,
+            "derivatives": "func",
             "maps": [
                 {"src": "bold.nii.gz", "dest": "bold.nii.gz"},
                 {"src": "events.tsv", "dest": "events.tsv"},
+                {"src": "_meta_", "dest": "bold.json"},
             ],
         },
         "Task-based functional MRI",
@@ -180,9 +194,13 @@ def _members(datatype: str, image_bytes: int, label: str, seed: int) -> list[tup
     raise ValueError(f"no content for datatype {datatype}")
 
 
-def _write_tar(out, datatype: str, image_bytes: int, label: str, seed: int, mtime: int) -> None:
+def _write_tar(
+    out, datatype: str, image_bytes: int, label: str, seed: int, mtime: int, without: frozenset
+) -> None:
     tar = TarWriter(out, mtime)
     for member in _members(datatype, image_bytes, label, seed):
+        if member[1] in without:
+            continue
         kind, name = member[0], member[1]
         if kind == "dir":
             tar.directory(name)
@@ -194,15 +212,24 @@ def _write_tar(out, datatype: str, image_bytes: int, label: str, seed: int, mtim
 
 
 def write_archive(
-    path: Path, datatype: str, image_bytes: int, label: str, seed: int, mtime: int, legacy: bool
+    path: Path,
+    datatype: str,
+    image_bytes: int,
+    label: str,
+    seed: int,
+    mtime: int,
+    legacy: bool,
+    without: frozenset[str] = frozenset(),
 ) -> int:
-    """Writes the object's archive to `path` (.tar, or .tar.gz when legacy); returns its size."""
+    """Writes the object's archive to `path` (.tar, or .tar.gz when legacy); returns its size.
+    `without` names optional members the object lacks (a func run without events.tsv)."""
     if legacy:
         buffer = io.BytesIO()
-        _write_tar(buffer, datatype, min(image_bytes, LEGACY_IMAGE_BYTES), label, seed, mtime)
+        small = min(image_bytes, LEGACY_IMAGE_BYTES)
+        _write_tar(buffer, datatype, small, label, seed, mtime, without)
         with path.open("wb") as raw, gzip.GzipFile("", "wb", 6, raw, mtime=0) as gz:
             gz.write(buffer.getvalue())
     else:
         with path.open("wb") as out:
-            _write_tar(out, datatype, image_bytes, label, seed, mtime)
+            _write_tar(out, datatype, image_bytes, label, seed, mtime, without)
     return path.stat().st_size

@@ -29,6 +29,7 @@ COLLECTIONS = (
     "instances",
     "tasks",
     "taskproducts",
+    "participants",
 )
 EPOCH = dt.datetime(2023, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 SMALL_IMAGE = 32 * 1024
@@ -54,6 +55,7 @@ class ProjectSpec:
     listed: bool = False
     removed: bool = False
     agreements: bool = False
+    publish_participants: bool = False
 
 
 PROJECTS = (
@@ -66,7 +68,71 @@ PROJECTS = (
     ProjectSpec("old", "Old Project", demo_role="members", removed=True),
     ProjectSpec("twin1", "Twin Study", access="public"),
     ProjectSpec("twin2", "Twin Study", access="public"),
+    ProjectSpec("bids", "BIDS Study", demo_role="members", publish_participants=True),
 )
+
+# BIDS keys without which a datatype's objects are not BIDS (every bold run names its task).
+REQUIRED_BIDS_META: dict[str, dict] = {
+    "neuro/func/task": {"TaskName": "rest", "RepetitionTime": 2.0}
+}
+# BIDS keys the BIDS Study's objects carry.
+BIDS_META: dict[str, dict] = {
+    "neuro/anat/t1w": {"EchoTime": 0.0029, "MagneticFieldStrength": 3, "Manufacturer": "Siemens"},
+    "neuro/dwi": {"EchoTime": 0.08, "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05},
+    "neuro/func/task": {"TaskName": "rest", "RepetitionTime": 2.0, "EchoTime": 0.03},
+}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """How an object entered brainlife: the task in its `prov` (None: uploaded, no `prov`).
+    A task with inputs is an app; one without inputs, or a validator, is an import."""
+
+    service: str
+    branch: str = "1.0"
+    inputs: bool = False
+
+
+IMPORT = Origin("brainlife/app-bids-import")
+VALIDATOR = Origin("brainlife/validator-neuro-anat-t1w", inputs=True)
+ACPC = Origin("brainlife/app-acpc-align", "1.2", inputs=True)
+DWI_PREP = Origin("brainlife/app-dwi-preprocess", "2.0", inputs=True)
+
+# The BIDS Study: (subject, session, datatype, meta, origin, members left out, releases).
+BIDS_OBJECTS: tuple[tuple[str, str, str, dict, Origin | None, tuple[str, ...], tuple], ...] = (
+    ("01", "1", "neuro/anat/t1w", {}, IMPORT, (), ("bids/1",)),
+    ("01", "1", "neuro/dwi", {}, IMPORT, (), ("bids/1",)),
+    ("01", "1", "neuro/func/task", {"run": "1"}, IMPORT, (), ("bids/1",)),
+    ("01", "1", "neuro/func/task", {"run": "2"}, IMPORT, ("events.tsv",), ("bids/1",)),
+    ("01", "2", "neuro/anat/t1w", {"acq": "mprage"}, VALIDATOR, (), ()),
+    ("01", "2", "neuro/func/task", {"TaskName": "nback", "run": "1"}, IMPORT, (), ()),
+    ("02", "1", "neuro/anat/t1w", {}, None, (), ()),
+    ("02", "1", "neuro/anat/t2w", {}, None, (), ()),
+    ("02", "1", "neuro/dwi", {}, IMPORT, (), ()),
+    ("03", "1", "neuro/anat/t1w", {}, IMPORT, (), ()),
+    ("03", "1", "neuro/anat/t1w", {}, IMPORT, (), ()),
+    ("01", "1", "neuro/anat/t1w", {}, ACPC, (), ("bids/1",)),
+    ("02", "1", "neuro/anat/t1w", {}, ACPC, (), ()),
+    ("01", "1", "neuro/dwi", {}, DWI_PREP, (), ("bids/1",)),
+    ("01", "1", "neuro/tractprofile", {}, DWI_PREP, (), ()),
+)
+
+# Participant tables (GET /participant/:project): subject rows and BIDS column descriptions.
+BIDS_PARTICIPANTS = (
+    {"subject": "01", "age": 24, "sex": "F", "handedness": "R"},
+    {"subject": "02", "age": 31, "sex": "M", "handedness": "L"},
+    {"subject": "03", "age": 27, "sex": "F", "handedness": "R"},
+    {"subject": "04", "age": 45, "sex": "M", "handedness": "R"},
+)
+PARTICIPANT_COLUMNS = {
+    "age": {"LongName": "age", "Description": "age at the first scan", "Units": "year"},
+    "sex": {"LongName": "sex", "Description": "sex", "Levels": {"M": "male", "F": "female"}},
+    "handedness": {
+        "LongName": "handedness",
+        "Description": "dominant hand",
+        "Levels": {"R": "right", "L": "left"},
+    },
+}
 
 # (subject, datatype, releases) of the small projects' objects; releases name publication releases.
 SMALL_OBJECTS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
@@ -103,6 +169,7 @@ SMALL_OBJECTS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
 PUBLICATIONS = (
     ("hidden", "hidden", "Hidden Lab Data Release", (("1", False), ("2", False), ("3", True))),
     ("open", "open", "Open Diffusion Benchmark", (("1", False), ("2", False), ("3", True))),
+    ("bids", "bids", "BIDS Study Data Release", (("1", False),)),
 )
 
 
@@ -153,6 +220,8 @@ class Generator:
                     image_bytes=SMALL_IMAGE,
                     releases=releases,
                 )
+        self.make_bids_objects()
+        self.make_participants()
         self.make_publications()
         self.make_project_stats()
         self.make_users()
@@ -208,7 +277,7 @@ class Generator:
                     if spec.agreements
                     else []
                 ),
-                "publishParticipantsInfo": False,
+                "publishParticipantsInfo": spec.publish_participants,
                 "noPublicResource": False,
                 "create_date": self.date(n),
                 "update_date": self.date(n + 1),
@@ -255,6 +324,44 @@ class Generator:
         )
         self.make_dataset("lab/nosubject", "lab", "neuro/anat/t1w", {"age": 33})
 
+    def make_bids_objects(self) -> None:
+        for n, (subject, session, datatype, meta, origin, without, releases) in enumerate(
+            BIDS_OBJECTS
+        ):
+            self.make_dataset(
+                f"bids/{n}",
+                "bids",
+                datatype,
+                {"subject": subject, "session": session, **BIDS_META.get(datatype, {}), **meta},
+                image_bytes=SMALL_IMAGE,
+                releases=releases,
+                origin=origin,
+                without=frozenset(without),
+            )
+
+    def make_participants(self) -> None:
+        """A published table for the BIDS Study, an unpublished one for Lab Private."""
+        width = max(4, len(str(self.options.subjects)))
+        lab = [
+            {"subject": f"{s + 1:0{width}d}", "age": 20 + s % 40, "sex": "FM"[s % 2]}
+            for s in range(self.options.subjects)
+        ]
+        columns = {k: PARTICIPANT_COLUMNS[k] for k in ("age", "sex")}
+        for key, subjects, described in (
+            ("bids", list(BIDS_PARTICIPANTS), PARTICIPANT_COLUMNS),
+            ("lab", lab, columns),
+        ):
+            project_id = self.projects[key]["_id"]
+            self.db["participants"].append(
+                {
+                    "_id": self.oid("participants", key),
+                    "project": project_id,
+                    "subjects": subjects,
+                    "columns": described,
+                    "__v": 0,
+                }
+            )
+
     def make_dataset(
         self,
         key: str,
@@ -270,8 +377,14 @@ class Generator:
         releases: tuple[str, ...] = (),
         product: bool = False,
         prov: bool = True,
+        origin: Origin | None = Origin("brainlife/app-sample"),
+        without: frozenset[str] = frozenset(),
     ) -> dict:
         datatype: Datatype = next(d for d in DATATYPES if d.name == datatype_name)
+        meta = {
+            **meta,
+            **{k: v for k, v in REQUIRED_BIDS_META.get(datatype_name, {}).items() if k not in meta},
+        }
         dataset_id = self.oid("dataset", key)
         minute = 60 + self.tick()
         record: dict = {
@@ -298,15 +411,15 @@ class Generator:
         }
         if removed:
             record["remove_date"] = self.date(minute + 2)
-        if prov:
+        if prov and origin is not None:
             task_id = self.oid("provtask", key)
             record["archive_task_id"] = self.oid("archivetask", key)
             record["prov"] = {
                 "task": {
                     "_id": task_id,
                     "name": f"process {datatype_name}",
-                    "service": "brainlife/app-sample",
-                    "service_branch": "1.0",
+                    "service": origin.service,
+                    "service_branch": origin.branch,
                     "config": {},
                     "instance_id": self.oid("provinstance", project),
                     "resource_id": self.oid("resource", "main"),
@@ -316,6 +429,10 @@ class Generator:
                 "output_id": datatype.files[0]["id"],
                 "subdir": datatype.files[0]["id"],
             }
+            if origin.inputs:
+                record["prov"]["task"]["deps_config"] = [
+                    {"task": self.oid("inputtask", key), "subdirs": ["input"]}
+                ]
         if status == "stored":
             suffix = ".tar.gz" if legacy else ".tar"
             path = self.root / "archives" / f"{dataset_id}{suffix}"
@@ -327,6 +444,7 @@ class Generator:
                 self.counter,
                 int((EPOCH + dt.timedelta(minutes=minute)).timestamp()),
                 legacy,
+                without,
             )
             record["backup_date"] = self.date(minute + 3)
         elif status == "failed":
@@ -495,22 +613,53 @@ class Generator:
                     "update_date": self.date(6001 + n),
                 }
             )
+            t1w = self.datatypes["neuro/anat/t1w"]["_id"]
+            by_subject: dict[str, dict] = {}
+            for d in self.db["datasets"]:
+                subject = d["meta"].get("subject")
+                ours = d["project"] == project["_id"] and d["status"] == "stored"
+                if ours and d["datatype"] == t1w and subject:
+                    by_subject.setdefault(subject, d)
+            inputs = [by_subject[subject] for subject in sorted(by_subject)]
             for t, task_status in enumerate(task_statuses):
+                source = inputs[t % len(inputs)]
                 self.make_task(
-                    f"{key}/{t}", instance_id, project, user, task_status, 6000 + 10 * n + t
+                    f"{key}/{t}", instance_id, project, user, task_status, 6000 + 10 * n + t, source
                 )
 
     def make_task(
-        self, key: str, instance_id: str, project: dict, user: str, status: str, minute: int
+        self,
+        key: str,
+        instance_id: str,
+        project: dict,
+        user: str,
+        status: str,
+        minute: int,
+        source: dict,
     ) -> None:
+        """A run of the sample app on the t1w object `source` (its subject is the task's)."""
         task_id = self.oid("task", key)
+        meta = {k: source["meta"][k] for k in ("subject", "session") if k in source["meta"]}
+        inputs = [
+            {
+                "id": "t1",
+                "task_id": self.oid("stagetask", key),
+                "subdir": source["_id"],
+                "dataset_id": source["_id"],
+                "datatype": source["datatype"],
+                "datatype_tags": source["datatype_tags"],
+                "tags": source["tags"],
+                "meta": source["meta"],
+                "keys": ["t1"],
+            }
+        ]
         outputs = [
             {
                 "id": "output",
                 "datatype": self.datatypes["neuro/anat/t1w"]["_id"],
                 "datatype_tags": [],
                 "tags": [],
-                "meta": {"subject": "0001"},
+                "meta": meta,
                 "subdir": "output",
                 "archive": {"project": project["_id"], "desc": "output"},
                 "files": {},
@@ -530,7 +679,7 @@ class Generator:
             "config": {
                 "_app": self.oid("app", "sample"),
                 "_tid": 0,
-                "_inputs": [],
+                "_inputs": inputs,
                 "_outputs": outputs,
             },
             "deps_config": [],

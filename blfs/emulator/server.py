@@ -171,12 +171,12 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, request: Request) -> Response | None:
         """The handler's response; None after a reproduced hang (the connection is dropped)."""
         parts = request.path.split("/", 3)
-        if request.path in ("/health", "/api/health"):
+        if request.path.rstrip("/") in ("/health", "/api/health"):
             return json_response(HEALTH)
         if len(parts) < 3 or parts[1] != "api" or parts[2] not in self.server.routes:
             return self.not_found(request)
         rest = "/" + (parts[3] if len(parts) > 3 else "")
-        if rest == "/health":
+        if rest.rstrip("/") == "/health":
             return json_response(HEALTH)
         method = "GET" if request.method == "HEAD" else request.method
         for candidate in self.server.routes[parts[2]]:

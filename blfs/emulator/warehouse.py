@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from . import downscript
 from .context import App
 from .query import (
     check_object_id,
@@ -191,6 +192,48 @@ def routes(app: App) -> list:
             file_size=path.stat().st_size,
         )
 
+    def download_script(request: Request) -> Response:
+        """The script of `bl bids download`: objects sorted by subject, unreadable ones left
+        out after the query (limit default 100, "0" = all), one header per project."""
+        claims = app.user(request)
+        body = request.json()
+        if not body.get("find"):
+            raise ApiError("please set find parameter")
+        limit = body.get("limit") or 100
+        rows = store.find(
+            "datasets",
+            body["find"],
+            sort=[("meta.subject", 1)],
+            skip=int(body.get("skip") or 0),
+            limit=int(limit),
+        )
+        readable = app.readable_projects(claims)
+        rows = [r for r in rows if r.get("publications") or r.get("project") in readable]
+        site = f"http://{request.headers.get('Host')}"
+        auth = request.headers.get("Authorization")
+        script = "#!/bin/bash\n\nset -e\n\n"
+        if auth:
+            script += f'auth="Authorization: {auth}"\n'
+        users = {str(u["sub"]): u for u in store.find("users", {})}
+        for project_id in dict.fromkeys(r["project"] for r in rows):
+            project = store.one("projects", {"_id": project_id}) or {"_id": project_id}
+            people = dict.fromkeys([*project.get("admins", []), *project.get("members", [])])
+            authors = [
+                users[p].get("fullname") or users[p].get("email") for p in people if p in users
+            ]
+            script += downscript.project_header(project, authors, site)
+        datatypes = {d["_id"]: d for d in store.find("datatypes", {})}
+        for row in rows:
+            if row.get("meta") is not None:
+                script += downscript.dataset_lines(
+                    row, datatypes[row["datatype"]], site, bool(auth)
+                )
+        return Response(
+            200,
+            [("Content-Type", "text/html; charset=utf-8")],
+            (script + downscript.CLOSING).encode(),
+        )
+
     def product(request: Request) -> Response:
         claims = app.user(request)
         dataset_id = check_object_id(request.params["id"], "_id", "Datasets")
@@ -201,6 +244,27 @@ def routes(app: App) -> list:
             raise ApiError("can't access this dataset")
         record = store.one("products", {"dataset_id": dataset_id})
         return json_response({"product": record["product"] if record else None})
+
+    def participants(request: Request) -> Response:
+        """Published participant info, else members and admins only (401 in plain text)."""
+        claims = app.user(request, required=False)
+        project_id = check_object_id(request.params["id"], "_id", "Projects")
+        project = store.one("projects", {"_id": project_id})
+        if project is None:
+            return Response(404)
+        sub = app.sub(claims)
+        insider = app.has_scope(claims, "warehouse", "admin") or sub in (
+            project.get("admins", []) + project.get("members", [])
+        )
+        if not project.get("publishParticipantsInfo") and not insider:
+            message = (
+                "you are not an administartor nor member of this project (no public participants)"
+            )
+            return Response(401, [("Content-Type", "text/html; charset=utf-8")], message.encode())
+        record = store.one("participants", {"project": project_id})
+        if record is None:  # the warehouse creates an empty record on first access
+            record = {"project": project_id, "subjects": [], "columns": {}, "__v": 0}
+        return json_response(record)
 
     def pubs(request: Request) -> Response:
         find = parse_find(request)
@@ -227,6 +291,8 @@ def routes(app: App) -> list:
         route("GET", "/dataset/inventory", inventory),
         route("GET", "/dataset/download/(?P<id>[^/]+)", download),
         route("GET", "/dataset/product/(?P<id>[^/]+)", product),
+        route("POST", "/dataset/downscript", download_script),
+        route("GET", "/participant/(?P<id>[^/]+)", participants),
         route("GET", "/pub", pubs),
         route("GET", "/pub/datasets/(?P<id>[^/]+)", pub_datasets),
     ]

@@ -103,5 +103,6 @@ class Route:
 
 
 def route(method: str, pattern: str, handler: Callable[[Request], Response]) -> Route:
-    """A route whose named groups become `request.params`; patterns are anchored."""
-    return Route(method, re.compile(pattern + r"\Z"), handler)
+    """A route whose named groups become `request.params`; patterns are anchored and, as in
+    Express (whose routing is not strict by default), a trailing slash matches too."""
+    return Route(method, re.compile(pattern + r"/?\Z"), handler)

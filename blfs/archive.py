@@ -1,0 +1,154 @@
+"""What is known of one object's members, arriving over an item or read from the cache: the tree
+readers look names up in, and the journal that lets other processes see it grow.
+
+The journal (`journal` in the object's staging dir, kept in the committed entry) has one JSON line
+per member header as it passes (`["member", name, size, mode, mtime]`), then `["end", bytes]`
+once the whole archive has been verified, or `["failed"]`. The bytes of each file that are
+present are its size on disk: files are written in order by one writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from blfs.errors import BlfsError, NotFound
+from blfs.extract import DIR_MODE, Member
+from blfs.item import GrowingFile, Item
+from blfs.private import FILE_MODE
+
+JOURNAL = "journal"
+
+
+def relative(relpath: str) -> str:
+    parts = [part for part in relpath.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise NotFound(f"no such path: {relpath!r}")
+    return "/".join(parts)
+
+
+class Archive:
+    """The members of one object; every call waits (bounded by the item) for what it needs."""
+
+    def __init__(self, object_id: str, item: Item) -> None:
+        self.object_id = object_id
+        self.item = item
+        self.members: dict[str, Member] = {"": Member("", 0, DIR_MODE, 0.0)}
+        self.files: dict[str, GrowingFile] = {}
+        self.children: dict[str, list[str]] = {"": []}
+        self.order: list[Member] = []
+
+    def fill_from_index(self, index: dict[str, Any], base: Path) -> None:
+        """Publishes every member of a complete object whose files live under `base`; files
+        already known (and maybe open) are completed in place."""
+        for name, size, mode, mtime in index["members"]:
+            member = Member(name, size, mode, mtime)
+            known = self.files.get(name)
+            if known is not None:
+                self._complete(known, base / name)
+            elif name not in self.members:
+                file = None if member.is_dir else GrowingFile(base / name, size, size)
+                self.publish(member, file)
+
+    def _complete(self, file: GrowingFile, path: Path) -> None:
+        with self.item.cond:
+            file.path = path
+            file.written = file.size or 0
+            self.item.cond.notify_all()
+
+    def publish(self, member: Member, file: GrowingFile | None) -> None:
+        with self.item.cond:
+            name = member.name
+            if name not in self.members:
+                parent, _, _ = name.rpartition("/")
+                self.children[parent].append(name)
+                if member.is_dir:
+                    self.children[name] = []
+            self.members[name] = dataclasses.replace(member, name=name.rpartition("/")[2])
+            if file is not None:
+                self.files[name] = file
+            self.order.append(member)
+            self.item.cond.notify_all()
+
+    def rebase(self, base: Path) -> None:
+        """(Under the item's condition.) Points every file at its committed location."""
+        for name, file in self.files.items():
+            file.path = base / name
+
+    def lookup(self, relpath: str) -> Member:
+        """A member ('' = the root); waits until its header has passed or the archive ended."""
+        name = relative(relpath)
+        self.item.wait(lambda: name in self.members, f"member {name!r}")
+        self.item.check()
+        member = self.members.get(name)
+        if member is None:
+            raise NotFound(f"{relpath!r} is not in object {self.object_id}")
+        return member
+
+    def listdir(self, relpath: str) -> list[Member]:
+        """A directory's members; waits for the whole archive (a partial list misleads cp -r)."""
+        name = relative(relpath)
+        self.item.wait(lambda: False, f"the listing of {name or 'the root'}")
+        self.item.check()
+        if name not in self.children:
+            raise NotFound(f"{relpath!r} is not a directory in object {self.object_id}")
+        return [self.members[child] for child in self.children[name]]
+
+    def file(self, relpath: str) -> GrowingFile:
+        member = self.lookup(relpath)
+        if member.is_dir:
+            raise BlfsError(f"{relpath!r} in object {self.object_id} is a directory")
+        return self.files[relative(relpath)]
+
+    def index(self, archive_bytes: int) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "object_id": self.object_id,
+            "archive_bytes": archive_bytes,
+            "bytes": sum(member.size for member in self.order),
+            "members": [[m.name, m.size, m.mode, m.mtime] for m in self.order],
+        }
+
+
+class JournalWriter:
+    """The owner's side: appends one line per event, each in one write."""
+
+    def __init__(self, path: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(path, flags, FILE_MODE)
+
+    def member(self, member: Member) -> None:
+        self._line(["member", member.name, member.size, member.mode, member.mtime])
+
+    def end(self, archive_bytes: int) -> None:
+        self._line(["end", archive_bytes])
+
+    def failed(self) -> None:
+        self._line(["failed"])
+
+    def _line(self, record: list[Any]) -> None:
+        os.write(self._fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class JournalReader:
+    """A follower's side: the whole lines appended since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[list[Any]]:
+        data = os.pread(self._fd, 1 << 20, self._offset)
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [json.loads(line) for line in lines]
+
+    def close(self) -> None:
+        os.close(self._fd)

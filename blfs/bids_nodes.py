@@ -1,0 +1,81 @@
+"""The nodes of a BIDS view (DESIGN §1.2): directories and generated files from a `bids.Dataset`,
+and each data file as the archive member it stands for.
+
+Data files are regular files, not symlinks into the object directories: listing and walking
+(`find`, `os.walk`, whose `is_dir()` would follow a link, `glob`) then use only the file type
+that a listing gives, never a size, so they cost no download; reading one fetches its object as
+everywhere else, into the same cache. A data file's size is its member's, known once the object's
+archive has passed that member's header: `stat` of a data file fetches its object. A mapped member
+that the archive turns out not to hold reads as ENOENT and is hidden from listings once the archive
+is known, never an empty or wrong file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from blfs.bids import Dataset, Entry, Generated, Member
+from blfs.errors import NotFound
+from blfs.nodes import Attr, BytesFile, Node, directory
+
+if TYPE_CHECKING:
+    from blfs.fetch import ObjectFetcher
+
+
+class BidsDir(Node):
+    """A directory of a BIDS view; `relpath` '' is the dataset's top. A data file is the node
+    `member_node` makes for its archive member (the object directory's own member node)."""
+
+    def __init__(
+        self,
+        dataset: Callable[[], Dataset],
+        objects: ObjectFetcher,
+        member_node: Callable[[Member], Node],
+        relpath: str = "",
+        mtime: float = 0.0,
+    ) -> None:
+        super().__init__(directory(mtime))
+        self._dataset = dataset
+        self._objects = objects
+        self._member_node = member_node
+        self._relpath = relpath
+
+    def _children(self) -> dict[str, Entry | None]:
+        children = self._dataset().children.get(self._relpath)
+        if children is None:
+            raise NotFound(f"no BIDS directory {self._relpath!r}")
+        return children
+
+    def lookup(self, name: str) -> Node:
+        children = self._children()
+        if name not in children:
+            raise NotFound(f"no such file: {name}")
+        entry = children[name]
+        if entry is None:
+            path = f"{self._relpath}/{name}" if self._relpath else name
+            return BidsDir(self._dataset, self._objects, self._member_node, path, self._attr.mtime)
+        return self._file(entry)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        # Only the type of a listed entry is used: a data file is listed without its size.
+        return [
+            (name, self._attr if entry is None else Attr(False, 0, self._attr.mtime))
+            for name, entry in self._children().items()
+            if not (isinstance(entry, Member) and self._known_missing(entry))
+        ]
+
+    def _file(self, entry: Entry) -> Node:
+        if isinstance(entry, Generated):
+            return BytesFile(entry.data, self._attr.mtime)
+        return self._member_node(entry)
+
+    def _known_missing(self, member: Member) -> bool:
+        """Whether the object is cached and lacks the member (asked of the cache, no download)."""
+        if not self._objects.cached(member.object_id):
+            return False
+        try:
+            self._objects.contents(member.object_id).lookup(member.member)
+        except NotFound:
+            return True
+        return False

@@ -1,0 +1,48 @@
+"""`blfs demo`: the bundled brainlife-compatible server with sample data, behind an ordinary mount.
+
+The mount process starts the server, logs in as `demo` and serves the mount from it; the server
+ends with the mount (even a mount killed with -9). The emulator is imported only from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from blfs.mounting import MountOptions
+
+USER = "demo"  # the generated data's user (DESIGN §8), whose password is its name
+
+
+def options(mountpoint: Path, cache_dir: Path, ttl: float) -> MountOptions:
+    """A demo mount of sample data generated once under `cache_dir`, with a cache of its own."""
+    from blfs.emulator.control import generated_data
+
+    return MountOptions(
+        mountpoint=mountpoint,
+        api_url="",
+        cache_dir=cache_dir / "demo-cache",
+        ttl=ttl,
+        emulator_data=generated_data(cache_dir / "demo-data", seed=1),
+    )
+
+
+@contextlib.contextmanager
+def serving(options: MountOptions) -> Iterator[None]:
+    """Serves `options.emulator_data` on a free loopback port for the duration of the block and
+    points `options` at it, logged in as the demo user."""
+    from blfs.api import Client
+    from blfs.auth import TokenStore
+    from blfs.emulator.control import EmulatorProcess
+
+    assert options.emulator_data is not None
+    server = EmulatorProcess(options.emulator_data, die_with_parent=True)
+    try:
+        options.api_url = server.url
+        options.token_home = options.token_home or options.cache_dir / "demo-home"
+        token = Client(server.url).login(USER, USER)
+        TokenStore(server.url, home=options.token_home).save(token)
+        yield
+    finally:
+        server.stop()

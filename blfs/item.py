@@ -1,0 +1,331 @@
+"""One cache entry in the making (as rclone's vfscache `Item`): its staging, its growing files, its
+space-managed writes, and the readers waiting on it.
+
+A downloader (or a follower of another process's download) only writes into an item; readers
+only wait on it. Readers wait as long as bytes keep coming: an item that makes no progress for
+`stall_timeout` fails, with one error for every waiter. A failed item serves nothing more, not
+even bytes it already has, so every read of a refused archive fails alike.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from blfs.cache import LOCK_WAIT, Cache, Pin, Staging
+from blfs.errors import BadArchive, BlfsError, CacheFull, RemoteTimeout
+from blfs.private import DIR_MODE, FILE_MODE
+
+log = logging.getLogger("blfs.fetch")
+
+CHUNK = 1 << 18  # readers wake after each chunk: small enough for an early first byte
+_WAKE = 1.0  # waiters look at the download's byte count at least this often
+T = TypeVar("T")
+
+
+class Cancelled(BlfsError):
+    """The item was failed or abandoned while its download was still running."""
+
+
+class Source:
+    """What an item reports progress from: a download's counters (api.Download has them)."""
+
+    url: str | None = None
+    length: int | None = None
+    bytes_read: int = 0
+
+
+class GrowingFile:
+    """A file an item writes and readers read; `size` None = known only at the end."""
+
+    def __init__(self, path: Path, size: int | None, written: int = 0) -> None:
+        self.path = path
+        self.size = size
+        self.written = written
+
+
+class Item:
+    """The state of one entry that readers wait on: progress, the end, or an error."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        key: str,
+        label: str,
+        stall_timeout: float,
+        on_fail: Callable[[Item, BlfsError], None] = lambda item, error: None,
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.label = label
+        self.cond = threading.Condition()
+        self.error: BlfsError | None = None
+        self.done = False  # every byte is there and verified: nobody waits any more
+        self.owner = False  # this process downloads it (rather than following another's)
+        self.staging: Staging | None = None
+        self.source: Source = Source()
+        self.started = time.monotonic()
+        self._stall_timeout = stall_timeout
+        self._on_fail = on_fail
+        self._written = 0
+        self._progress_at = self.started
+        self._seen = 0
+
+    @classmethod
+    def complete(cls, cache: Cache, key: str, label: str) -> Item:
+        item = cls(cache, key, label, 0.0)
+        item.done = True
+        return item
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.source.url})" if self.source.url else self.label
+
+    # -- readers -------------------------------------------------------------------------------
+    def wait(self, ready: Callable[[], bool], what: str) -> None:
+        """Returns once `ready()` or every byte is there; raises the item's error, which is a
+        RemoteTimeout for all once it has made no progress for `stall_timeout`."""
+        with self.cond:
+            while not ready():
+                self.check()
+                if self.done:
+                    return
+                idle = self._idle()
+                if idle >= self._stall_timeout:
+                    break
+                self.cond.wait(min(self._stall_timeout - idle, _WAKE))
+            else:
+                return
+        self._stalled(what)
+
+    def watch(self, what: str) -> None:
+        """For a thread that waits on something else for the item (a lock, another process):
+        raises the item's error, failing it first if it has stalled."""
+        self.check()
+        with self.cond:
+            stalled = self._idle() >= self._stall_timeout
+        if stalled:
+            self._stalled(what)
+
+    def _stalled(self, what: str) -> None:
+        self.fail(
+            RemoteTimeout(
+                f"no data for {self._stall_timeout:g}s while waiting for {what}"
+                f" of {self.describe()}"
+            )
+        )
+        self.check()
+
+    def _idle(self) -> float:
+        """(Under the condition.) Seconds since the last byte arrived."""
+        now = time.monotonic()
+        if self.source.bytes_read != self._seen:
+            self._seen, self._progress_at = self.source.bytes_read, now
+        return now - self._progress_at
+
+    def check(self) -> None:
+        """Raises the item's error (a fresh copy per caller) if it failed."""
+        error = self.error
+        if error is not None:
+            raise _fresh(error)
+
+    def open(self, file: GrowingFile) -> int:
+        """An fd for reading; FileNotFoundError if the file is gone (evicted, failed)."""
+        self.check()
+        with self.cond:  # commits rename under the condition: the path is current
+            return os.open(file.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def pin(self) -> Pin:
+        return self.cache.pin(self.key, time.monotonic() + LOCK_WAIT)
+
+    def progress(self) -> dict[str, Any]:
+        done = self.source.bytes_read
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return {
+            "id": self.label,
+            "bytes_done": done,
+            "total": self.source.length,
+            "rate": done / elapsed,
+            "error": str(self.error) if self.error is not None else None,
+        }
+
+    # -- the writer ------------------------------------------------------------------------------
+    def stage(self, reserve: int, directory: bool) -> Path:
+        self.staging = self.cache.stage(self.key, reserve, directory)
+        return self.staging.path
+
+    def spaced(self, needed: int, write: Callable[[], T]) -> T:
+        """Runs a write into the cache; on a full disk evicts and retries once, then CacheFull."""
+        try:
+            return write()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        freed = self.cache.free_disk(needed)
+        log.warning("cache filesystem full while writing %s: evicted %d bytes", self.label, freed)
+        try:
+            return write()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CacheFull(f"no space left in the cache for {self.describe()}") from None
+
+    def new_file(self, path: Path) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return self.spaced(0, lambda: os.open(path, flags, FILE_MODE))
+
+    def make_dir(self, path: Path) -> None:
+        self.spaced(0, lambda: path.mkdir(mode=DIR_MODE, exist_ok=True))
+
+    def fill(self, file: GrowingFile, fd: int, read: Callable[[int], bytes]) -> None:
+        """Copies a source into a growing file chunk by chunk, waking readers after each."""
+        while file.size is None or file.written < file.size:
+            want = CHUNK if file.size is None else min(CHUNK, file.size - file.written)
+            data = read(want)
+            if not data:
+                return
+            self._append(file, fd, data)
+
+    def _append(self, file: GrowingFile, fd: int, data: bytes) -> None:
+        self.check_running()
+        offset = file.written
+        self.spaced(len(data), lambda: _pwrite_all(fd, data, offset))
+        self._written += len(data)
+        if self.staging is not None:
+            self.cache.reserve(self.staging, self._written)
+        self.grown(file, file.written + len(data))
+
+    def grown(self, file: GrowingFile, written: int) -> None:
+        """Records that a file has `written` bytes now, and wakes its readers."""
+        with self.cond:
+            file.written = written
+            self._progress_at = time.monotonic()
+            self.cond.notify_all()
+
+    def check_running(self) -> None:
+        """Raises Cancelled once the item failed or its readers left: stop writing."""
+        if self.error is not None:
+            raise Cancelled(f"{self.describe()}: download abandoned: {self.error}")
+
+    def sync(self, path: Path) -> None:
+        self.spaced(0, lambda: _fsync_path(path))
+
+    def finish(self) -> None:
+        """Every byte is there and verified: waiters go on, handles may be kept by the kernel."""
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def commit(self, size: int, moved: Callable[[Path], None]) -> Path:
+        """Publishes the staged entry; `moved(final path)` runs while no reader can open."""
+        assert self.staging is not None
+        with self.cond:
+            final = self.cache.commit(self.staging, size)
+            moved(final)
+            self.staging = None
+        return final
+
+    def fail(self, error: BlfsError) -> bool:
+        """Ends the item with an error for every waiter (the first error wins; a finished item
+        cannot fail). Returns whether this call failed it."""
+        with self.cond:
+            if self.error is not None or self.done:
+                return False
+            self.error = error
+            self.cond.notify_all()
+        self._on_fail(self, error)
+        return True
+
+    def discard(self) -> None:
+        """Removes whatever is still staged (nothing after a commit)."""
+        with self.cond:
+            staging, self.staging = self.staging, None
+        if staging is not None:
+            self.cache.discard(staging)
+
+
+class FileHandle:
+    """An open file of an item: reads wait for their bytes, never short before the end."""
+
+    def __init__(
+        self,
+        item: Item,
+        file: GrowingFile,
+        fd: int,
+        pin: Pin | None,
+        final: bool = True,
+        on_release: Callable[[], None] | None = None,
+    ) -> None:
+        self._item = item
+        self._file = file
+        self._fd: int | None = fd
+        self._pin = pin
+        self._final = final
+        self._on_release = on_release
+
+    @property
+    def complete(self) -> bool:
+        return self._final and self._item.done
+
+    def read(self, offset: int, size: int) -> bytes:
+        if size <= 0 or self._fd is None:
+            return b""
+        file = self._file
+        end = offset + size if file.size is None else min(offset + size, file.size)
+        self._item.wait(lambda: file.written >= end, f"byte {end} of {file.path.name}")
+        self._item.check()
+        if file.written < end and file.size is not None:
+            raise BadArchive(f"{self._item.describe()}: {file.path.name} ended early")
+        want = max(0, min(size, file.written - offset))
+        return _pread_all(self._fd, want, offset)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        if self._pin is not None:
+            self._pin.release()
+        if self._on_release is not None:
+            self._on_release()
+
+
+def _fresh(error: BlfsError) -> BlfsError:
+    """A new instance per waiter: one exception object raised in many threads mixes tracebacks."""
+    try:
+        return type(error)(*error.args)
+    except Exception:
+        return error
+
+
+def _pread_all(fd: int, want: int, offset: int) -> bytes:
+    parts = []
+    while want > 0:
+        data = os.pread(fd, want, offset)
+        if not data:
+            break
+        parts.append(data)
+        offset += len(data)
+        want -= len(data)
+    return b"".join(parts)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
