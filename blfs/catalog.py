@@ -174,15 +174,13 @@ class Catalog:
         return participants_readable(project, self._subject())
 
     def participants(self, project_id: str) -> dict[str, Any] | None:
-        """The project's participant table, or None when it is not published to this user."""
-
-        def fetch() -> dict[str, Any] | None:
-            try:
-                return self._client.participants(project_id)
-            except (AccessDenied, NotFound):
-                return None
-
-        return self._cache.get(("participants", project_id), fetch)
+        """The project's participant table, or None when it is not published to this user. A
+        refusal is not kept: with the token refused, the table known before is served."""
+        fetch = functools.partial(self._client.participants, project_id)
+        try:
+            return self._cache.get(("participants", project_id), fetch)
+        except (AccessDenied, NotFound):
+            return None
 
     def project_bids(self, project: dict[str, Any]) -> bids.Dataset:
         """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""

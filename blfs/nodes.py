@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from blfs.errors import BlfsError, NotFound
@@ -32,7 +32,7 @@ class Attr:
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
-    exact: bool = False
+    exact: bool = field(default=False, compare=False)  # how it is known, not what it says
 
 
 class Handle(Protocol):
