@@ -27,6 +27,8 @@ class BidsDir(Node):
     """A directory of a BIDS view; `relpath` '' is the dataset's top. A data file is the node
     `member_node` makes for its archive member (the object directory's own member node)."""
 
+    listing_is_stable = False  # a data file leaves the listing once its object is known to lack it
+
     def __init__(
         self,
         dataset: Callable[[], Dataset],

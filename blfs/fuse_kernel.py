@@ -161,10 +161,12 @@ Entry = tuple[str, dict[str, Any]]
 
 @dataclass
 class _Listed:
-    """When a directory was last listed to the kernel, and the entries while it reads them."""
+    """When a directory was last listed to the kernel, the entries while it reads them, and
+    whether the kernel may keep them."""
 
     listed_at: float
     entries: list[Entry] | None
+    stable: bool
 
 
 class _Inodes:
@@ -463,6 +465,8 @@ class KernelMount:
             position = offset + i + 1
             used += add(req, ctypes.byref(page, used), size - used, names[i], describe(i), position)
         self._lib.fuse_reply_buf(req, page, used)
+        if fitting == 0 and not listed.stable:
+            self._forget_listing(ino)
 
     def _listing(self, ino: int, offset: int) -> _Listed:
         """The listing from its start (offset 0), else the one being read."""
@@ -470,9 +474,9 @@ class KernelMount:
             listed = self._listed.get(ino)
         if offset == 0 or listed is None or listed.entries is None:
             listed_at = time.monotonic()
-            path = self._inodes.path(ino)
-            entries = [(name, attrs) for name, attrs, _ in self._ops.readdir(path, 0)]
-            listed = _Listed(listed_at, entries)
+            described, stable = self._ops.listing(self._inodes.path(ino))
+            entries = [(name, attrs) for name, attrs, _ in described]
+            listed = _Listed(listed_at, entries, stable)
             with self._listed_lock:
                 self._listed[ino] = listed
         return listed

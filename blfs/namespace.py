@@ -105,6 +105,11 @@ class Namespace:
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         return self._resolve(path).entries()
 
+    def listing(self, path: str) -> tuple[list[tuple[str, Attr]], bool]:
+        """The directory's entries, and whether a listing of it may be kept (see Node)."""
+        node = self._resolve(path)
+        return node.entries(), node.listing_is_stable
+
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
 

@@ -69,7 +69,12 @@ def directory(mtime: float = 0.0) -> Attr:
 
 
 class Node:
-    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call."""
+    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call.
+
+    `listing_is_stable` is False for a directory whose entries depend on more than metadata
+    answers (on what is cached, say): a listing of it must not be kept (by the kernel)."""
+
+    listing_is_stable = True
 
     def __init__(self, attr: Attr) -> None:
         self._attr = attr
