@@ -26,6 +26,8 @@ class BidsDir(Node):
     `member_node` makes for its archive member (the object directory's own member node), left
     out of listings once `known_missing` says the object lacks it."""
 
+    listing_is_stable = False  # a data file leaves the listing once its object is known to lack it
+
     def __init__(
         self,
         dataset: Callable[[], Dataset],

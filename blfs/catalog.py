@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from blfs import bids
 from blfs.auth import claims
 from blfs.errors import AccessDenied, NotFound
 from blfs.metacache import MetaCache
+from blfs.metastore import MetaStore
 from blfs.names import Named, unique_names
 from blfs.nodes import Attr, json_bytes
 from blfs.tree import DATASET_SELECT, Branch, build_tree, records, timestamp
@@ -31,6 +33,8 @@ STATE_SELECT = "project status status_msg meta datatype create_date"
 FINISHED_TASK_TTL = 24 * 3600.0
 # The `storage` of objects whose files are stored one by one on S3 (API §2), listed with sizes.
 S3_STORAGE = "s3fs"
+# Stored objects do not change: their `_product.json` is fetched once, then kept.
+PRODUCT_TTL = float("inf")
 
 
 def token_subject(token: str | None) -> str | None:
@@ -86,8 +90,9 @@ def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
         attrs = entry.get("attrs") or {}
         is_dir = bool(entry["directory"])
         size = 0 if is_dir else int(attrs.get("size") or 0)
-        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")))
-        if entry.get("link") and not is_dir:
+        link = bool(entry.get("link")) and not is_dir
+        shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")), exact=not link)
+        if link:
             file_links.add(name)
     return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
 
@@ -116,23 +121,32 @@ def is_finished(task: dict[str, Any]) -> bool:
 
 
 class Catalog:
-    """Metadata answers by kind, each cached for the TTL (finished tasks' outputs longer)."""
+    """Metadata answers by kind, each cached for the TTL (finished tasks' outputs longer).
 
-    def __init__(self, client: Client, ttl: float = 60.0) -> None:
+    What is cached (and kept on disk by `store`) is the server's raw answer; the shapes the
+    namespace uses (named records, trees, listings) are built from it. Views made from other
+    answers (BIDS) are kept in memory only.
+    """
+
+    def __init__(self, client: Client, ttl: float = 60.0, store: MetaStore | None = None) -> None:
         self._client = client
-        self._cache = MetaCache(ttl)
+        self._cache = MetaCache(ttl, store)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
+        self._cache.on_change(callback)
 
     def projects(self) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
+        def build(projects: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             sub = self._subject()
             shown = [
                 (p["_id"], p.get("name"), p)
-                for p in self._client.projects()
+                for p in projects
                 if not p.get("removed") and readable(p, sub)
             ]
             return unique_names(shown)
 
-        return self._cache.get("projects", fetch)
+        return self._cache.get("projects", self._client.projects, build)
 
     def _subject(self) -> str | None:
         return token_subject(self._client.tokens.get() if self._client.tokens else None)
@@ -141,38 +155,39 @@ class Catalog:
         return self._cache.get("datatypes", self._client.datatypes)
 
     def project_tree(self, project_id: str) -> Branch:
-        def fetch() -> Branch:
+        def fetch() -> list[dict[str, Any]]:
             find = {"project": project_id, "removed": False, "status": "stored"}
-            records = self._client.datasets(find, select=DATASET_SELECT)
+            return list(self._client.datasets(find, select=DATASET_SELECT))
+
+        def build(records: list[dict[str, Any]]) -> Branch:
             shown = [r for r in records if r.get("status") == "stored" and not r.get("removed")]
             return build_tree(shown, self.datatypes())
 
-        return self._cache.get(("project", project_id), fetch)
+        return self._cache.get(("project", project_id), fetch, build)
 
     def release_tree(self, release_id: str) -> Branch:
-        def fetch() -> Branch:
-            records = self._client.release_datasets(
-                release_id, {"status": "stored"}, select=DATASET_SELECT
-            )
+        def fetch() -> list[dict[str, Any]]:
+            find = {"status": "stored"}
+            return list(self._client.release_datasets(release_id, find, select=DATASET_SELECT))
+
+        def build(records: list[dict[str, Any]]) -> Branch:
             shown = (r for r in records if r.get("status") == "stored")
             return build_tree(shown, self.datatypes())
 
-        return self._cache.get(("release", release_id), fetch)
+        return self._cache.get(("release", release_id), fetch, build)
 
     def participants_readable(self, project: dict[str, Any]) -> bool:
         """Whether this user may read the project's participant table (no request needed)."""
         return participants_readable(project, self._subject())
 
     def participants(self, project_id: str) -> dict[str, Any] | None:
-        """The project's participant table, or None when it is not published to this user."""
-
-        def fetch() -> dict[str, Any] | None:
-            try:
-                return self._client.participants(project_id)
-            except (AccessDenied, NotFound):
-                return None
-
-        return self._cache.get(("participants", project_id), fetch)
+        """The project's participant table, or None when it is not published to this user. A
+        refusal is not kept: with the token refused, the table known before is served."""
+        fetch = functools.partial(self._client.participants, project_id)
+        try:
+            return self._cache.get(("participants", project_id), fetch)
+        except (AccessDenied, NotFound):
+            return None
 
     def project_bids(self, project: dict[str, Any]) -> bids.Dataset:
         """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""
@@ -186,10 +201,10 @@ class Catalog:
             participants=None,
         )
 
-        def fetch() -> bids.Dataset:
+        def make() -> bids.Dataset:
             return self._bids(source, self.project_tree(project_id), project_id)
 
-        return self._cache.get(("project_bids", project_id), fetch)
+        return self._cache.made(("project_bids", project_id), make)
 
     def release_bids(self, pub: dict[str, Any], release: dict[str, Any]) -> bids.Dataset:
         """A release's BIDS view: its objects, with the publication's licence and DOI."""
@@ -204,10 +219,10 @@ class Catalog:
             release=pub,
         )
 
-        def fetch() -> bids.Dataset:
+        def make() -> bids.Dataset:
             return self._bids(source, self.release_tree(release["_id"]), pub.get("project"))
 
-        return self._cache.get(("release_bids", release["_id"]), fetch)
+        return self._cache.made(("release_bids", release["_id"]), make)
 
     def _bids(self, source: bids.Source, tree: Branch, project_id: str | None) -> bids.Dataset:
         participants = self.participants(project_id) if project_id else None
@@ -220,9 +235,11 @@ class Catalog:
         """How many of the project's objects are in each state, and the ones not shown (still
         `storing`, or `failed`) with the server's word on them: a missing upload explained."""
 
-        def fetch() -> dict[str, Any]:
+        def fetch() -> list[dict[str, Any]]:
             find = {"project": project_id, "removed": False, "status": {"$ne": "stored"}}
-            rows = self._client.datasets(find, select=STATE_SELECT)
+            return list(self._client.datasets(find, select=STATE_SELECT))
+
+        def build(rows: list[dict[str, Any]]) -> dict[str, Any]:
             others = [r for r in rows if r.get("status") != "stored"]
             counts = Counter(str(r.get("status")) for r in others)
             counts["stored"] = len(records(self.project_tree(project_id)))
@@ -232,33 +249,32 @@ class Catalog:
                 "not_shown": [_not_shown(r, datatypes) for r in others],
             }
 
-        return self._cache.get(("states", project_id), fetch)
+        return self._cache.get(("states", project_id), fetch, build)
 
     def pubs(self) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
-            pubs = self._client.pubs()
+        def build(pubs: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names((p["_id"], p.get("name"), p) for p in pubs if not p.get("removed"))
 
-        return self._cache.get("pubs", fetch)
+        return self._cache.get("pubs", self._client.pubs, build)
 
     def instances(self, group_id: int) -> Named[dict[str, Any]]:
-        def fetch() -> Named[dict[str, Any]]:
-            instances = self._client.instances(group_id)
+        def build(instances: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names((i["_id"], label(i), i) for i in instances)
 
-        return self._cache.get(("instances", group_id), fetch)
+        fetch = functools.partial(self._client.instances, group_id)
+        return self._cache.get(("instances", group_id), fetch, build)
 
     def tasks(self, instance_id: str, reserved: Iterable[str] = ()) -> Named[dict[str, Any]]:
         """A process's tasks by name; a task named like one of `reserved` gets an id suffix."""
 
-        def fetch() -> Named[dict[str, Any]]:
-            tasks = self._client.tasks(instance_id)
+        def build(tasks: list[dict[str, Any]]) -> Named[dict[str, Any]]:
             return unique_names(
                 ((t["_id"], label(t), t) for t in tasks if t.get("status") != "removed"),
                 reserved=reserved,
             )
 
-        return self._cache.get(("tasks", instance_id), fetch)
+        fetch = functools.partial(self._client.tasks, instance_id)
+        return self._cache.get(("tasks", instance_id), fetch, build)
 
     def _task_ttl(self, task: dict[str, Any]) -> float | None:
         """A finished task's outputs never change: keep what was learnt of them long."""
@@ -267,7 +283,8 @@ class Catalog:
     def task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
         return self._cache.get(
             ("task_ls", task["_id"], relpath),
-            lambda: task_listing(self._client.task_ls(task["_id"], relpath)),
+            functools.partial(self._client.task_ls, task["_id"], relpath),
+            task_listing,
             ttl=self._task_ttl(task),
         )
 
@@ -283,7 +300,8 @@ class Catalog:
                     pass
                 return body.bytes_read
 
-        return self._cache.get(("task_link", task["_id"], path), fetch, ttl=self._task_ttl(task))
+        key = ("task_link", task["_id"], path)
+        return self._cache.get(key, fetch, int, ttl=self._task_ttl(task))
 
     def object_record(self, object_id: str) -> dict[str, Any]:
         def fetch() -> dict[str, Any]:
@@ -299,11 +317,8 @@ class Catalog:
 
     def product_bytes(self, object_id: str) -> bytes:
         """`_product.json`: fetched once per object (stored objects do not change), then kept."""
-
-        def fetch() -> bytes:
-            return json_bytes({"product": self._client.product(object_id)})
-
-        return self._cache.get(("product", object_id), fetch, ttl=float("inf"))
+        fetch = functools.partial(self._client.product, object_id)
+        return self._cache.get(("product", object_id), fetch, _product_file, PRODUCT_TTL)
 
     def member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
         """An S3-stored object's file sizes by path, from one listing (no download) kept for
@@ -322,8 +337,12 @@ class Catalog:
 
     def known_member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
         """The object's file sizes if they were already listed: never makes the request."""
-        return self._cache.peek(("member_sizes", record["_id"]))
+        return self._cache.known(("member_sizes", record["_id"]), ttl=float("inf"))
 
     def known_product_bytes(self, object_id: str) -> bytes | None:
         """`_product.json` if it was already fetched: a listing must not make the request."""
-        return self._cache.peek(("product", object_id))
+        return self._cache.known(("product", object_id), _product_file, PRODUCT_TTL)
+
+
+def _product_file(product: Any) -> bytes:
+    return json_bytes({"product": product})

@@ -110,12 +110,25 @@ class BlfsOperations(mfusepy.Operations):
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         return self._stat(self._namespace.getattr(path))
 
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        return self.listing(path)[0]
+
     @_errno_mapped
-    def readdir(self, path: str, fh: int) -> list[Any]:
-        entries: list[Any] = [".", ".."]
-        for name, attr in self._namespace.readdir(path):
-            entries.append((name, {"st_mode": _mode(attr, self._shared)}, 0))
-        return entries
+    def listing(self, path: str) -> tuple[list[tuple[str, dict[str, int], int]], bool]:
+        """Entries with their full attributes where exact, else with their type only; and
+        whether the listing may be kept."""
+        entries, stable = self._namespace.listing(path)
+        here = {"st_mode": stat.S_IFDIR}
+        described = [(".", here, 0), ("..", here, 0)]
+        for name, attr in entries:
+            exact = self._stat(attr) if attr.exact else {"st_mode": _mode(attr, self._shared)}
+            described.append((name, exact, 0))
+        return described, stable
+
+    def on_metadata_change(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever metadata behind some listing changed: listings kept
+        elsewhere (the kernel's) are stale then."""
+        self._namespace.on_change(callback)
 
     @_errno_mapped
     def open(self, path: str, fi: Any) -> int:

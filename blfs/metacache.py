@@ -1,55 +1,150 @@
-"""In-memory cache of metadata answers: fresh for a TTL, one fetch per key at a time, and the last
-known answer kept for browsing while the server is unreachable (DESIGN §3).
+"""Metadata answers: fresh for a TTL, one fetch per key at a time, kept on disk across restarts,
+and the last known answer served while the server cannot give a new one (DESIGN §3).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from blfs.errors import RemoteError
+from blfs.errors import AccessDenied, BlfsError, RemoteError
+from blfs.metastore import MetaStore
 
 log = logging.getLogger("blfs")
 
 V = TypeVar("V")
+# What a failed refresh may be answered with from the last known answer: the server is out of
+# reach, or the token is expired or refused (data already known stays browsable either way).
+_SERVE_KNOWN = (RemoteError, AccessDenied)
+
+
+@dataclass(frozen=True)
+class _Answer(Generic[V]):
+    """How to get one answer: its key, the request, how the raw answer becomes the value."""
+
+    key: Hashable
+    fetch: Callable[[], Any] | None
+    build: Callable[[Any], V]
+    lifetime: float
+    on_disk: bool = True  # a raw JSON answer of the server, kept on disk too
+
+
+@dataclass
+class _Known(Generic[V]):
+    value: V
+    digest: int  # hash of the raw answer's JSON text: tells a changed answer from a repeated one
+    expires: float
 
 
 class MetaCache:
-    """Answers by key. Many FUSE threads asking for the same stale key cause a single fetch.
+    """Answers by key, each built from a raw JSON answer of the server.
 
-    Every answer is kept after it expires: when a refresh fails with `RemoteError` the last known
-    answer is served (and counted fresh for another TTL, so an offline mount stays fast), with one
-    warning per offline period. Other errors (`AccessDenied`, `NotFound`) always propagate.
+    Many FUSE threads asking for the same stale key cause a single fetch. An answer expired in
+    memory is refreshed before it is served; one read back from disk (a remount) is served at
+    once and refreshed in the background when older than the TTL. When a refresh fails because
+    the server is unreachable or the token is not accepted, the last known answer is served (and
+    counted fresh for another TTL) with one warning per spell; `NotFound` always propagates.
+    Subscribers (`on_change`) hear of every answer that changed on refresh, so that caches of
+    listings built from the answers (the kernel's) drop them.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        store: MetaStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl = ttl
+        self._subscribers: list[Callable[[], None]] = []
+        self._store = store
         self._clock = clock
         self._lock = threading.Lock()
-        self._known: dict[Hashable, tuple[Any, float]] = {}
+        self._known: dict[Hashable, _Known[Any]] = {}
         self._inflight: dict[Hashable, Future[Any]] = {}
-        self._offline = False
+        self._failing: type[BlfsError] | None = None
+        self._background = _Background(self._refresh_quietly)
 
-    def get(self, key: Hashable, fetch: Callable[[], V], ttl: float | None = None) -> V:
-        """The answer for `key`: cached while fresh, else from `fetch()` (shared by concurrent
-        callers), else the last known answer if `fetch` fails with `RemoteError`."""
-        lifetime = self.ttl if ttl is None else ttl
+    def get(
+        self,
+        key: Hashable,
+        fetch: Callable[[], Any],
+        build: Callable[[Any], V] = lambda raw: raw,
+        ttl: float | None = None,
+    ) -> V:
+        """The answer for `key`: kept while fresh, else `build(fetch())` (one fetch shared by
+        concurrent callers), else the last known answer if the refresh fails as above."""
+        return self._get(_Answer(key, fetch, build, self.ttl if ttl is None else ttl))
+
+    def made(self, key: Hashable, make: Callable[[], V]) -> V:
+        """A value made from other answers, not asked of the server: kept in memory for the
+        TTL like an answer, never on disk."""
+        return self._get(_Answer(key, make, lambda value: value, self.ttl, on_disk=False))
+
+    def _get(self, answer: _Answer[V]) -> V:
+        with self._lock:
+            known = self._known.get(answer.key)
+        if known is None and answer.on_disk:
+            known = self._from_disk(answer)
+        if known is not None and self._clock() < known.expires:
+            return known.value
+        return self._shared_refresh(answer)
+
+    def known(
+        self, key: Hashable, build: Callable[[Any], V] = lambda raw: raw, ttl: float | None = None
+    ) -> V | None:
+        """The last known answer for `key` (in memory or on disk), fresh or not, without asking
+        the server."""
         with self._lock:
             known = self._known.get(key)
-            if known is not None and self._clock() < known[1]:
-                return known[0]
-            future = self._inflight.get(key)
+        if known is None:
+            known = self._from_disk(_Answer(key, None, build, self.ttl if ttl is None else ttl))
+        return None if known is None else known.value
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._subscribers.append(callback)
+
+    def _from_disk(self, answer: _Answer[V]) -> _Known[V] | None:
+        """The stored answer, kept in memory and served at once: when older than its lifetime
+        it counts fresh for one more while a background refresh runs (if it can be fetched)."""
+        stored = self._store.load(_store_key(answer.key)) if self._store is not None else None
+        if stored is None:
+            return None
+        try:
+            value = answer.build(stored.body)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # not an answer this version of blfs can read: fetch it again
+        left = answer.lifetime - (time.time() - stored.fetched)
+        with self._lock:
+            known = self._known.setdefault(
+                answer.key,
+                _Known(value, hash(stored.text), self._clock() + (left if left > 0 else self.ttl)),
+            )
+        if left <= 0 and answer.fetch is not None:
+            self._background.submit(answer)
+        return known
+
+    def _refresh_quietly(self, answer: _Answer[Any]) -> None:
+        with contextlib.suppress(BlfsError):
+            self._shared_refresh(answer)
+
+    def _shared_refresh(self, answer: _Answer[V]) -> V:
+        with self._lock:
+            future = self._inflight.get(answer.key)
             owner = future is None
             if owner:
-                future = self._inflight[key] = Future()
+                future = self._inflight[answer.key] = Future()
         if not owner:
             return future.result()
         try:
-            value = self._refresh(key, fetch, known, lifetime)
+            value = self._refresh(answer)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -58,34 +153,84 @@ class MetaCache:
             return value
         finally:
             with self._lock:
-                del self._inflight[key]
+                del self._inflight[answer.key]
 
-    def peek(self, key: Hashable) -> Any | None:
-        """The last known answer for `key`, fresh or not, without fetching."""
+    def _refresh(self, answer: _Answer[V]) -> V:
         with self._lock:
-            known = self._known.get(key)
-        return None if known is None else known[0]
-
-    def _refresh(
-        self,
-        key: Hashable,
-        fetch: Callable[[], V],
-        known: tuple[Any, float] | None,
-        lifetime: float,
-    ) -> V:
+            known = self._known.get(answer.key)
+        assert answer.fetch is not None
         try:
-            value = fetch()
-        except RemoteError as exc:
+            raw = answer.fetch()
+        except _SERVE_KNOWN as exc:
             if known is None:
                 raise
+            self._serving_known(exc)
             with self._lock:
-                self._known[key] = (known[0], self._clock() + self.ttl)
-                first = not self._offline
-                self._offline = True
-            if first:
-                log.warning("server unreachable, serving cached listings: %s", exc)
-            return known[0]
+                known.expires = self._clock() + self.ttl
+            return known.value
+        # Key order kept: records are shown as the server wrote them.
+        text = json.dumps(raw) if answer.on_disk else ""
+        digest = hash(text)
+        value = answer.build(raw)
+        changed = known is not None and known.digest != digest
         with self._lock:
-            self._known[key] = (value, self._clock() + lifetime)
-            self._offline = False
+            self._known[answer.key] = _Known(value, digest, self._clock() + answer.lifetime)
+            if answer.on_disk:  # the server answered
+                self._failing = None
+        if self._store is not None and answer.on_disk:
+            key = _store_key(answer.key)
+            if known is None or changed:
+                self._store.save(key, text)
+            else:
+                self._store.touch(key)
+        if changed:
+            for callback in self._subscribers:
+                callback()
         return value
+
+    def _serving_known(self, exc: BlfsError) -> None:
+        """One warning per spell of failures of one kind (offline, or the token refused)."""
+        with self._lock:
+            first = self._failing is not type(exc)
+            self._failing = type(exc)
+        if first:
+            # The token's own message (how to log in) is for what fails for want of the server.
+            reason = (
+                f"server unreachable ({exc})" if isinstance(exc, RemoteError) else "token refused"
+            )
+            log.warning("%s: serving the known listings and cached data", reason)
+
+
+class _Background:
+    """One daemon thread refreshing answers read back from disk, each key queued once, so a
+    remount's first walk never waits for the server nor floods it."""
+
+    def __init__(self, refresh: Callable[[_Answer[Any]], None]) -> None:
+        self._refresh = refresh
+        self._queue: queue.SimpleQueue[_Answer[Any]] = queue.SimpleQueue()
+        self._queued: set[Hashable] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, answer: _Answer[Any]) -> None:
+        with self._lock:
+            if answer.key in self._queued:
+                return
+            self._queued.add(answer.key)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="blfs-revalidate", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(answer)
+
+    def _run(self) -> None:
+        while True:
+            answer = self._queue.get()
+            self._refresh(answer)
+            with self._lock:
+                self._queued.discard(answer.key)
+
+
+def _store_key(key: Hashable) -> str:
+    return json.dumps(key)

@@ -17,18 +17,19 @@ from typing import TYPE_CHECKING
 
 from blfs import mountinfo, status
 from blfs.errors import AccessDenied, BlfsError, RemoteError
+from blfs.metastore import FILENAME as METADATA_FILE
+from blfs.metastore import MetaStore
 from blfs.private import FILE_MODE, private_dir
 
 if TYPE_CHECKING:
     from blfs.api import Client
     from blfs.cache import Cache
+    from blfs.fuse_ops import BlfsOperations
 
 log = logging.getLogger("blfs")
 
 # The API check before the mount may wait a request timeout or two (api.Client.timeout).
 READY_TIMEOUT = 90.0
-# The catalog's answers as a mount keeps them on disk, in the cache dir (DESIGN §3).
-METADATA_FILE = "metadata.sqlite3"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -165,8 +166,6 @@ def offline_metadata(cache_dir: Path) -> bool:
 
 def _serve(options: MountOptions, client: Client) -> None:
     libfuse3 = _use_libfuse3()
-    import mfusepy
-
     from blfs.cache import Cache
     from blfs.catalog import Catalog
     from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
@@ -177,21 +176,17 @@ def _serve(options: MountOptions, client: Client) -> None:
     downloads = Downloads(cache, stall_timeout=client.timeout)
     objects = ObjectFetcher(downloads, client.download_dataset)
     task_files = TaskFiles(downloads, client.download_task_file)
-    namespace = Namespace(Catalog(client, ttl=options.ttl), objects, task_files)
+    catalog = Catalog(client, ttl=options.ttl, store=_metadata_store(options, client))
+    namespace = Namespace(catalog, objects, task_files)
     fuse_options: dict[str, str | bool] = {
         "ro": True,
         "fsname": "blfs",
         "subtype": "blfs",
-        "entry_timeout": str(options.ttl),
-        "attr_timeout": str(options.ttl),
         # The kernel checks the mode bits, which are the owner's only unless asked to share.
         "default_permissions": True,
     }
     if options.share:
         fuse_options["allow_other"] = True
-    if libfuse3:
-        # libfuse 3's default of 10 workers lets a few waiting downloads freeze the mount.
-        fuse_options.update(max_threads="64", max_idle_threads="16")
     fuse_options.update(options.fuse_options)
     log.info("mounting %s at %s (cache %s)", options.api_url, options.mountpoint, options.cache_dir)
     publisher = status.Publisher(
@@ -205,19 +200,42 @@ def _serve(options: MountOptions, client: Client) -> None:
         lambda: {"downloads": downloads.progress()},
     )
     try:
-        mfusepy.FUSE(
-            BlfsOperations(namespace, shared=options.share),
-            str(options.mountpoint),
-            raw_fi=True,
-            foreground=True,
-            **fuse_options,
-        )
-    except RuntimeError as exc:
-        # libfuse 3 reports an unmount by signal as error 8: a normal end for us.
-        if exc.args != (8,):
-            raise
+        _run_fuse(BlfsOperations(namespace, shared=options.share), options, fuse_options, libfuse3)
     finally:
         publisher.close()
+
+
+def _run_fuse(
+    operations: BlfsOperations,
+    options: MountOptions,
+    fuse_options: dict[str, str | bool],
+    libfuse3: bool,
+) -> None:
+    """libfuse 3 through our low-level binding (the kernel keeps listings and attributes);
+    libfuse 2 through mfusepy's path API, with the same timeouts."""
+    if libfuse3:
+        from blfs.fuse_kernel import KernelMount
+
+        point, text = str(options.mountpoint), format_fuse_options(fuse_options)
+        KernelMount(operations, point, text, ttl=options.ttl).serve()
+        return
+    import mfusepy
+
+    timeouts = {"entry_timeout": str(options.ttl), "attr_timeout": str(options.ttl)}
+    point = str(options.mountpoint)
+    mfusepy.FUSE(operations, point, raw_fi=True, foreground=True, **fuse_options, **timeouts)
+
+
+def _metadata_store(options: MountOptions, client: Client) -> MetaStore:
+    """The cache dir's metadata store, scoped to this server and the token's user."""
+    from blfs.catalog import token_subject
+
+    try:
+        user = token_subject(client.tokens.get() if client.tokens else None)
+    except AccessDenied:
+        user = None
+    scope = f"{options.api_url.rstrip('/')} {user or 'guest'}"
+    return MetaStore(options.cache_dir / METADATA_FILE, scope)
 
 
 def default_cache_size(cache_dir: Path) -> int:

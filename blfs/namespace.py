@@ -31,6 +31,7 @@ from blfs.nodes import (
     NamedDir,
     Node,
     directory,
+    json_bytes,
 )
 from blfs.tree import Branch, datatype_dir, timestamp
 
@@ -87,6 +88,7 @@ class Namespace:
         self.catalog = catalog
         self.objects = objects
         self.task_files = task_files
+        self._info_sizes: dict[str, tuple[dict[str, Any], int]] = {}
         self._root = DirNode(
             directory(),
             {
@@ -103,8 +105,24 @@ class Namespace:
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         return self._resolve(path).entries()
 
+    def listing(self, path: str) -> tuple[list[tuple[str, Attr]], bool]:
+        """The directory's entries, and whether a listing of it may be kept (see Node)."""
+        node = self._resolve(path)
+        return node.entries(), node.listing_is_stable
+
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
+
+    def info_size(self, record: dict[str, Any]) -> int:
+        """`_info.json`'s size, serialized once per record: a walk lists thousands of objects."""
+        known = self._info_sizes.get(record["_id"])
+        if known is None or known[0] is not record:
+            known = self._info_sizes[record["_id"]] = (record, len(json_bytes(record)))
+        return known[1]
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever a metadata answer behind some listing changed."""
+        self.catalog.on_change(callback)
 
     def _resolve(self, path: str) -> Node:
         node: Node = self._root
@@ -282,12 +300,13 @@ class ObjectDir(Node):
         return Member(self._ns, self._record, self._beside.listed_name(name))
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # `_product.json`'s size is only known after its request, which a listing must not make;
-        # the listed size is the cached one if any (the adapter only uses the type from readdir).
+        # `_product.json`'s size is only known after its request, which a listing must not make.
         known = self._ns.catalog.known_product_bytes(self._record["_id"])
-        product = Attr(False, len(known) if known else 0, self._attr.mtime)
+        mtime = self._attr.mtime
+        product = Attr(False, len(known), mtime, exact=True) if known else Attr(False, 0, mtime)
         members = Member(self._ns, self._record, "").entries()
-        fixed = [("_info.json", self._info().attr()), ("_product.json", product)]
+        info = Attr(False, self._ns.info_size(self._record), mtime, exact=True)
+        fixed = [("_info.json", info), ("_product.json", product)]
         return fixed + self._beside.shown(members)
 
 
@@ -354,13 +373,13 @@ class Member(Node):
 
 def _member_attr(member: MemberInfo) -> Attr:
     is_dir = stat.S_ISDIR(member.mode)
-    return Attr(is_dir, 0 if is_dir else member.size, member.mtime)
+    return Attr(is_dir, 0 if is_dir else member.size, member.mtime, exact=True)
 
 
 def _listed_attr(sizes: dict[str, int], relpath: str, mtime: float) -> Attr:
     """A listed file, or a directory above one (the object's root is one), or ENOENT."""
     if relpath in sizes:
-        return Attr(False, sizes[relpath], mtime)
+        return Attr(False, sizes[relpath], mtime, exact=True)
     if not relpath or any(path.startswith(f"{relpath}/") for path in sizes):
         return directory(mtime)
     raise NotFound(f"{relpath!r} is not in its object's file listing")
@@ -409,8 +428,8 @@ class TaskDir(Node):
         return FileNode(attr, lambda: self._ns.task_files.open(task_id, path, size, final=final))
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # A symlinked file is listed with the link's own size: its real size costs a request,
-        # made only when it is looked up (the adapter takes only the type from a listing).
+        # A symlinked file is listed with the link's own size, marked inexact: its real size
+        # costs a request, made only when it is looked up.
         listed = self._ns.catalog.task_listing(self._task, self._relpath).attrs.items()
         own = [(TASK_METADATA, self._metadata().attr())] if self._beside.metadata else []
         return own + self._beside.shown(listed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from blfs.errors import BlfsError, NotFound
@@ -25,9 +25,14 @@ class IsADirectory(BlfsError):
 
 @dataclass(frozen=True)
 class Attr:
+    """A node's type, size and mtime. Only an `exact` one may be handed on with a listing: a
+    listed size that stands in for one not known yet must never reach the kernel (DESIGN §9),
+    so a listing's attributes count as placeholders unless marked exact."""
+
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
+    exact: bool = field(default=False, compare=False)  # how it is known, not what it says
 
 
 class Handle(Protocol):
@@ -60,11 +65,16 @@ def json_bytes(value: Any) -> bytes:
 
 
 def directory(mtime: float = 0.0) -> Attr:
-    return Attr(True, 0, mtime)
+    return Attr(True, 0, mtime, exact=True)
 
 
 class Node:
-    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call."""
+    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call.
+
+    `listing_is_stable` is False for a directory whose entries depend on more than metadata
+    answers (on what is cached, say): a listing of it must not be kept (by the kernel)."""
+
+    listing_is_stable = True
 
     def __init__(self, attr: Attr) -> None:
         self._attr = attr
@@ -97,7 +107,7 @@ class BytesFile(FileNode):
     """A generated file whose bytes are known."""
 
     def __init__(self, data: bytes, mtime: float) -> None:
-        super().__init__(Attr(False, len(data), mtime), lambda: BytesHandle(data))
+        super().__init__(Attr(False, len(data), mtime, exact=True), lambda: BytesHandle(data))
 
 
 class JsonFile(Node):
@@ -108,7 +118,7 @@ class JsonFile(Node):
         self._value = value
 
     def attr(self) -> Attr:
-        return Attr(False, len(json_bytes(self._value)), self._attr.mtime)
+        return Attr(False, len(json_bytes(self._value)), self._attr.mtime, exact=True)
 
     def open(self) -> Handle:
         return BytesHandle(json_bytes(self._value))

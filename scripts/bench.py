@@ -1,6 +1,7 @@
 """blfs against its baselines, measured in one run against the bundled emulator.
 
     python scripts/bench.py [--size BYTES] [--objects N] [--bandwidth BYTES_PER_S] [--dir DIR]
+                            [--walks-only]
 
 Prints one table row per measurement, each a ratio to a baseline measured in the same run:
   1. cold `cp -r` of an object, and a cold `cat` of its image, through the mount
@@ -12,6 +13,10 @@ then the data path against its goals (issue: one cache item at the heart of the 
   5. a second mount on the same cache reading an object another mount downloads: how long after
      the first mount each byte reaches it (goal <= 1 s), and downloads made (goal 1)
   6. peak RSS of the mount while `cat` streams a --stream-size archive (goal < 150 MB)
+and directory walks against theirs (issue: directory walks at native speed):
+  7. `ls -lR` and `find -type f` of the N-object project, every object cached: within the TTL
+     (goal <= 2x the same tree on local disk), the first after a remount and with the server
+     stopped (goal <= 3x), and the mount's peak RSS holding that metadata (goal < 150 MB)
 Generated data is kept in --dir and reused by later runs, except the big streamed archive.
 """
 
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from blfs import mountinfo
 from blfs.auth import TokenStore
-from blfs.emulator.control import Emulator, generated_data, start_emulator
+from blfs.emulator.control import Emulator, EmulatorProcess, generated_data, start_emulator
 
 ROWS: list[tuple[str, str, str, str]] = []
 GOALS: list[tuple[str, str, str, bool]] = []
@@ -64,9 +69,12 @@ def data_dir(root: Path, name: str, **options: int) -> Path:
 
 
 @contextlib.contextmanager
-def mounted(server: Emulator, home: Path, cache: Path, ttl: float = 300) -> Iterator[Path]:
+def mounted(
+    server: Emulator, home: Path, cache: Path, ttl: float = 300, login: bool = True
+) -> Iterator[Path]:
     point = Path(tempfile.mkdtemp(prefix="mnt", dir=home))
-    TokenStore(server.url, home=home).save(server.token("demo"))
+    if login:
+        TokenStore(server.url, home=home).save(server.token("demo"))
     env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
     command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", server.url]
     command += ["--cache-dir", str(cache), "--ttl", str(ttl)]
@@ -261,11 +269,95 @@ def mount_pid(point: Path) -> int:
 def streamed_peak_rss(pid: int, path: Path) -> int:
     """The mount's peak RSS (VmHWM, bytes) once `cat` has read `path` to the end."""
     shell(f"cat '{path}' > /dev/null")
+    return peak_rss(pid)
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak RSS (VmHWM), bytes."""
     status = Path(f"/proc/{pid}/status").read_text()
     return (
         int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
         * 1024
     )
+
+
+WALKS = {"ls -lR": ["ls", "-lR", "."], "find -type f": ["find", ".", "-type", "f"]}
+WALK_GOALS = {"within the TTL": 2.0, "first after a remount": 3.0, "server stopped": 3.0}
+
+
+def walk(root: Path, name: str) -> tuple[float, str]:
+    """Seconds `name` takes over `root` (run from inside it), and what it printed."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        WALKS[name], cwd=root, check=True, capture_output=True, text=True, timeout=3600
+    )
+    return time.perf_counter() - start, done.stdout
+
+
+def best_walk(root: Path, name: str, runs: int = 3) -> float:
+    return min(walk(root, name)[0] for _ in range(runs))
+
+
+def walk_goal(when: str, name: str, blfs_seconds: float, local_seconds: float) -> None:
+    ratio, wanted = blfs_seconds / local_seconds, WALK_GOALS[when]
+    goal(f"{name}, {when}", f"{blfs_seconds:.3f} s = {ratio:.2f}x local",
+         f"<= {wanted:g}x {local_seconds:.3f} s", ratio <= wanted)  # fmt: skip
+
+
+def bench_walks(work: Path, objects: int) -> None:
+    """Walks of an N-object project with every object cached, against the same tree copied to
+    local disk: warm within the TTL, the first after a remount, and with the server stopped.
+    The cache and the local copy are kept in --dir and reused by later runs."""
+    data = data_dir(work, f"many-{objects}", subjects=max(1, objects // 10),
+                    objects_per_subject=10, object_size=1024)  # fmt: skip
+    home = work / f"walks-{objects}"
+    cache, local = home / "cache", home / "local"
+    home.mkdir(exist_ok=True)
+    project = Path("projects") / "Lab Private"
+    server = EmulatorProcess(data)
+    try:
+        with mounted(server.emulator, home, cache) as point:
+            if not local.is_dir():
+                print("caching every object of the project …", file=sys.stderr)
+                env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+                prefetch = [
+                    sys.executable,
+                    "-m",
+                    "blfs",
+                    "prefetch",
+                    "-j",
+                    "8",
+                    str(point / project),
+                ]
+                subprocess.run(
+                    prefetch, check=True, env=env, timeout=3600, stderr=subprocess.DEVNULL
+                )
+                shell(f"cp -r '{point / project}' '{local}.tmp' && mv '{local}.tmp' '{local}'")
+            online = {name: walk(point / project, name)[1] for name in WALKS}
+            warm = {name: best_walk(point / project, name) for name in WALKS}
+            rss = peak_rss(mount_pid(point))
+        for name in WALKS:
+            walk_goal("within the TTL", name, warm[name], best_walk(local, name))
+        for name in WALKS:
+            with mounted(server.emulator, home, cache) as point:
+                seconds = walk(point / project, name)[0]
+                walk_goal("first after a remount", name, seconds, best_walk(local, name))
+        server.stop()
+        for name in WALKS:
+            with mounted(server.emulator, home, cache, login=False) as point:
+                seconds, printed = walk(point / project, name)
+                assert printed == online[name], f"{name} with the server stopped lists otherwise"
+                walk_goal("server stopped", name, seconds, best_walk(local, name))
+    finally:
+        server.stop()
+    goal(f"peak RSS of the mount holding metadata for {objects} objects", f"{rss / 1e6:.0f} MB",
+         "< 150 MB", rss < 150e6)  # fmt: skip
+
+
+def print_goals() -> None:
+    print(f"\n{'goal':<52} {'measured':>22} {'wanted':>24}")
+    for what, measured, wanted, met in GOALS:
+        print(f"{what:<52} {measured:>22} {wanted:>24}  {'met' if met else 'NOT MET'}")
 
 
 def main() -> None:
@@ -277,8 +369,13 @@ def main() -> None:
     parser.add_argument(
         "--stream-size", type=int, default=5_000_000_000, help="archive for the RSS case, bytes"
     )
+    parser.add_argument("--walks-only", action="store_true", help="only the directory walks")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
+    if args.walks_only:
+        bench_walks(args.dir, args.objects)
+        print_goals()
+        return
 
     bench_object(args.dir, args.size, args.bandwidth)
     print(f"{'measurement':<58} {'blfs':>10} {'baseline':>10} {'ratio':>6}")
@@ -287,9 +384,8 @@ def main() -> None:
     bench_listing(args.dir, args.objects)
     bench_second_mount(args.dir, args.size, args.bandwidth)
     bench_streaming_rss(args.dir, args.stream_size)
-    print(f"\n{'goal':<52} {'measured':>22} {'wanted':>24}")
-    for what, measured, wanted, met in GOALS:
-        print(f"{what:<52} {measured:>22} {wanted:>24}  {'met' if met else 'NOT MET'}")
+    bench_walks(args.dir, args.objects)
+    print_goals()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,500 @@
+"""libfuse 3's low-level API: the kernel keeps listings and attributes, Python answers only what
+it must (DESIGN §9, §10).
+
+mfusepy binds libfuse's high-level (path) API, whose `opendir` drops the `cache_readdir` and
+`keep_cache` flags before libfuse 3.16.1 and whose readdir drops the attributes of entries filled
+at offset 0 before 3.17.1: on the libfuse 3.14 of current Debian and Ubuntu every repeated listing
+and every entry of a first `ls -l` would cost a round trip into Python. This module binds the
+low-level (inode) API for the few calls a read-only mount needs and answers them with the path
+operations of `fuse_ops.BlfsOperations`, adding what only the low level can give:
+
+- directories open without a message and the kernel keeps their listings (zero-message
+  opendir, kernel ≥ 5.1): a repeated walk never reaches this process;
+- a kept listing is dropped (`notify_inval_inode`) once it is older than the TTL, when the
+  kernel next asks for the directory's attributes (which expire with it), and at once when a
+  metadata answer changes;
+- `readdirplus` hands each entry's attributes with the listing when they are exact (an entry
+  whose size is not known yet is listed by name and type only, so the kernel asks for it);
+- entry and attribute timeouts equal the TTL on every reply.
+
+Calls left out (`access`, `flush`, `getxattr`…) are answered by libfuse in C or remembered by
+the kernel as unsupported, so they never reach Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mfusepy
+
+from blfs.errors import BlfsError
+from blfs.fuse_ops import BlfsOperations
+
+log = logging.getLogger("blfs")
+
+ROOT = 1  # FUSE_ROOT_ID
+UNKNOWN_INO = 0xFFFFFFFF  # FUSE_UNKNOWN_INO: a listed entry the kernel holds no number for
+FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
+
+_req = ctypes.c_void_p
+_ino = ctypes.c_uint64
+_off = ctypes.c_int64
+_file_info_p = ctypes.POINTER(mfusepy.fuse_file_info)
+
+
+class _EntryParam(ctypes.Structure):
+    _fields_ = [
+        ("ino", _ino),
+        ("generation", ctypes.c_uint64),
+        ("attr", mfusepy.c_stat),
+        ("attr_timeout", ctypes.c_double),
+        ("entry_timeout", ctypes.c_double),
+    ]
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [
+        ("argc", ctypes.c_int),
+        ("argv", ctypes.POINTER(ctypes.c_char_p)),
+        ("allocated", ctypes.c_int),
+    ]
+
+
+class _Forget(ctypes.Structure):
+    _fields_ = [("ino", _ino), ("nlookup", ctypes.c_uint64)]
+
+
+class _LegacyLoopConfig(ctypes.Structure):
+    """`struct fuse_loop_config` of libfuse < 3.12 (no thread cap there)."""
+
+    _fields_ = [("clone_fd", ctypes.c_int), ("max_idle_threads", ctypes.c_uint)]
+
+
+_CALLBACKS = {
+    "init": ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(mfusepy.fuse_conn_info)),
+    "lookup": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p),
+    "forget": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_uint64),
+    "getattr": ctypes.CFUNCTYPE(None, _req, _ino, _file_info_p),
+    "open": ctypes.CFUNCTYPE(None, _req, _ino, _file_info_p),
+    "read": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, _off, _file_info_p),
+    "release": ctypes.CFUNCTYPE(None, _req, _ino, _file_info_p),
+    "opendir": ctypes.CFUNCTYPE(None, _req, _ino, _file_info_p),
+    "readdir": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, _off, _file_info_p),
+    "statfs": ctypes.CFUNCTYPE(None, _req, _ino),
+    "forget_multi": ctypes.CFUNCTYPE(None, _req, ctypes.c_size_t, ctypes.POINTER(_Forget)),
+    "readdirplus": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_size_t, _off, _file_info_p),
+}
+# `struct fuse_lowlevel_ops` up to `readdirplus`, in order; later libfuse versions only append.
+_OPS_ORDER = [
+    "init", "destroy", "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir",
+    "unlink", "rmdir", "symlink", "rename", "link", "open", "read", "write", "flush", "release",
+    "fsync", "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "setxattr", "getxattr",
+    "listxattr", "removexattr", "access", "create", "getlk", "setlk", "bmap", "ioctl", "poll",
+    "write_buf", "retrieve_reply", "forget_multi", "flock", "fallocate", "readdirplus",
+]  # fmt: skip
+
+
+class _LowLevelOps(ctypes.Structure):
+    _fields_ = [(name, _CALLBACKS.get(name, ctypes.c_void_p)) for name in _OPS_ORDER]
+
+
+def _library_name() -> str:
+    name = ctypes.util.find_library("fuse3")
+    if name is None:
+        raise BlfsError("libfuse 3 is not installed")
+    return name
+
+
+def _library() -> ctypes.PyDLL:
+    """libfuse 3 with the prototypes of the calls that never block (replies, entries,
+    notifications: one quick write each). Called with the GIL held: releasing and taking it
+    back around each one would let any busy thread delay every reply by a switch interval."""
+    lib = ctypes.PyDLL(_library_name())
+    p = ctypes.POINTER
+    prototypes: dict[str, tuple[Any, list[Any]]] = {
+        "fuse_reply_err": (ctypes.c_int, [_req, ctypes.c_int]),
+        "fuse_reply_none": (None, [_req]),
+        "fuse_reply_entry": (ctypes.c_int, [_req, p(_EntryParam)]),
+        "fuse_reply_attr": (ctypes.c_int, [_req, p(mfusepy.c_stat), ctypes.c_double]),
+        "fuse_reply_open": (ctypes.c_int, [_req, _file_info_p]),
+        "fuse_reply_buf": (ctypes.c_int, [_req, ctypes.c_void_p, ctypes.c_size_t]),
+        "fuse_reply_statfs": (ctypes.c_int, [_req, p(mfusepy.c_statvfs)]),
+        "fuse_add_direntry": (
+            ctypes.c_size_t,
+            [_req, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, p(mfusepy.c_stat), _off],
+        ),
+        "fuse_add_direntry_plus": (
+            ctypes.c_size_t,
+            [_req, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, p(_EntryParam), _off],
+        ),
+        "fuse_session_new": (
+            ctypes.c_void_p,
+            [p(_Args), p(_LowLevelOps), ctypes.c_size_t, ctypes.c_void_p],
+        ),
+        "fuse_session_mount": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+        "fuse_set_signal_handlers": (ctypes.c_int, [ctypes.c_void_p]),
+        "fuse_remove_signal_handlers": (None, [ctypes.c_void_p]),
+        "fuse_session_unmount": (None, [ctypes.c_void_p]),
+        "fuse_session_destroy": (None, [ctypes.c_void_p]),
+        "fuse_lowlevel_notify_inval_inode": (ctypes.c_int, [ctypes.c_void_p, _ino, _off, _off]),
+    }
+    for function, (restype, argtypes) in prototypes.items():
+        getattr(lib, function).restype = restype
+        getattr(lib, function).argtypes = argtypes
+    return lib
+
+
+Entry = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class _Listed:
+    """When a directory was last listed to the kernel, the entries while it reads them, and
+    whether the kernel may keep them."""
+
+    listed_at: float
+    entries: list[Entry] | None
+    stable: bool
+
+
+class _Inodes:
+    """The inode numbers the kernel holds, by path: counted per lookup, dropped when forgotten.
+    A path forgotten and looked up again gets a new number (numbers are never reused)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: dict[int, str] = {ROOT: "/"}
+        self._numbers: dict[str, int] = {"/": ROOT}
+        self._counts: dict[int, int] = {}
+        self._next = ROOT + 1
+
+    def path(self, ino: int) -> str:
+        try:
+            return self._paths[ino]
+        except KeyError:
+            raise mfusepy.FuseOSError(errno.ESTALE) from None
+
+    def child(self, parent: int, name: str) -> str:
+        base = self.path(parent)
+        return f"{base}{name}" if base == "/" else f"{base}/{name}"
+
+    def remember(self, paths: list[str]) -> list[int]:
+        """Numbers for `paths`, each counted as one more lookup held by the kernel."""
+        with self._lock:
+            numbers = []
+            for path in paths:
+                ino = self._numbers.get(path)
+                if ino is None:
+                    ino = self._numbers[path] = self._next
+                    self._paths[ino] = path
+                    self._next += 1
+                self._counts[ino] = self._counts.get(ino, 0) + 1
+                numbers.append(ino)
+            return numbers
+
+    def forget(self, ino: int, count: int) -> bool:
+        """Drops `count` lookups; True when the kernel no longer holds the number."""
+        with self._lock:
+            left = self._counts.get(ino, 0) - count
+            if left > 0 or ino == ROOT:
+                self._counts[ino] = left
+                return False
+            self._counts.pop(ino, None)
+            path = self._paths.pop(ino, None)
+            if path is not None and self._numbers.get(path) == ino:
+                del self._numbers[path]
+            return True
+
+
+def _replying(handler: Callable[..., None]) -> Callable[..., None]:
+    """Every request gets exactly one answer: errors become their errno, never a lost request."""
+
+    @functools.wraps(handler)
+    def wrapper(self: KernelMount, req: int, *args: Any) -> None:
+        try:
+            handler(self, req, *args)
+        except OSError as exc:
+            self._lib.fuse_reply_err(req, exc.errno or errno.EIO)
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            self._lib.fuse_reply_err(req, errno.EIO)
+
+    return wrapper
+
+
+class KernelMount:
+    """Serves `operations` at `mountpoint` through libfuse 3's low-level API until unmounted."""
+
+    def __init__(
+        self,
+        operations: BlfsOperations,
+        mountpoint: str,
+        options: str,
+        *,
+        ttl: float,
+        max_threads: int = 64,
+        idle_threads: int = 16,
+    ) -> None:
+        self._ops = operations
+        self._mountpoint = mountpoint
+        self._options = options
+        self._ttl = ttl
+        self._max_threads = max_threads
+        self._idle_threads = idle_threads
+        self._lib = _library()
+        self._inodes = _Inodes()
+        self._listed: dict[int, _Listed] = {}
+        self._listed_lock = threading.Lock()
+        self._session: int | None = None
+        self._zero_message_opendir = False
+        self._callbacks = {
+            name: prototype(getattr(self, f"_{name}")) for name, prototype in _CALLBACKS.items()
+        }
+
+    def serve(self) -> None:
+        """Mounts, answers the kernel until unmounted or signalled, then unmounts."""
+        ops = _LowLevelOps(**self._callbacks)
+        argv = [b"blfs", b"-o", os.fsencode(self._options)]
+        args = _Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
+        session = self._lib.fuse_session_new(
+            ctypes.byref(args), ctypes.byref(ops), ctypes.sizeof(ops), None
+        )
+        if not session:
+            raise BlfsError("libfuse refused the mount options (see the message above)")
+        self._session = session
+        self._ops.on_metadata_change(self._forget_listings)
+        try:
+            if self._lib.fuse_session_mount(session, os.fsencode(self._mountpoint)) != 0:
+                raise BlfsError(f"cannot mount at {self._mountpoint}")
+            try:
+                self._run(session)
+            finally:
+                self._lib.fuse_session_unmount(session)
+        finally:
+            self._lib.fuse_session_destroy(session)
+            self._ops.destroy("/")
+
+    def _run(self, session: int) -> None:
+        # libfuse installs its handlers only over default ones: it then ends the loop cleanly.
+        previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self._lib.fuse_set_signal_handlers(session) != 0:
+            raise BlfsError("cannot install the signal handlers")
+        try:
+            result = self._loop(session)
+        finally:
+            self._lib.fuse_remove_signal_handlers(session)
+            signal.signal(signal.SIGINT, previous)
+        if result < 0:
+            raise BlfsError(f"the FUSE session failed: {os.strerror(-result)}")
+
+    def _loop(self, session: int) -> int:
+        """The multithreaded loop with a thread cap: a few waiting downloads must not freeze
+        the mount (libfuse 3.12+ defaults to 10 workers)."""
+        lib = ctypes.CDLL(_library_name())  # the loop waits for the kernel: without the GIL
+        if hasattr(lib, "fuse_loop_cfg_create"):
+            lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
+            lib.fuse_loop_cfg_set_max_threads.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+            lib.fuse_loop_cfg_set_idle_threads.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+            lib.fuse_loop_cfg_destroy.argtypes = [ctypes.c_void_p]
+            lib.fuse_session_loop_mt_312.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            config = lib.fuse_loop_cfg_create()
+            lib.fuse_loop_cfg_set_max_threads(config, self._max_threads)
+            lib.fuse_loop_cfg_set_idle_threads(config, self._idle_threads)
+            try:
+                return lib.fuse_session_loop_mt_312(session, config)
+            finally:
+                lib.fuse_loop_cfg_destroy(config)
+        legacy = _LegacyLoopConfig(0, self._idle_threads)
+        lib.fuse_session_loop_mt_32.argtypes = [ctypes.c_void_p, ctypes.POINTER(_LegacyLoopConfig)]
+        return lib.fuse_session_loop_mt_32(session, ctypes.byref(legacy))
+
+    # --- names and attributes ---------------------------------------------------------------
+
+    def _init(self, userdata: int, conn: Any) -> None:
+        self._ops.init_with_config(conn.contents, None)
+        self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+
+    def _entry(self, attrs: dict[str, Any], ino: int) -> _EntryParam:
+        """A name's attributes, for the kernel to keep (see `_attr_timeout`)."""
+        timeout = self._attr_timeout(ino)
+        entry = _EntryParam(ino=ino, attr_timeout=timeout, entry_timeout=self._ttl)
+        mfusepy.set_st_attrs(entry.attr, attrs, use_ns=True)
+        entry.attr.st_ino = ino
+        return entry
+
+    def _attr_timeout(self, ino: int) -> float:
+        """The TTL; for a directory whose listing the kernel keeps, only what is left of that
+        listing's TTL. The kernel asks for a directory's attributes again before it reuses its
+        kept listing once they expired: a listing past its TTL is then dropped, and the kernel
+        lists the directory afresh."""
+        with self._listed_lock:
+            listed = self._listed.get(ino)
+        if listed is None:
+            return self._ttl
+        left = self._ttl - (time.monotonic() - listed.listed_at)
+        if left > 0:
+            return left
+        self._forget_listing(ino)
+        return self._ttl
+
+    @_replying
+    def _lookup(self, req: int, parent: int, name: bytes) -> None:
+        path = self._inodes.child(parent, os.fsdecode(name))
+        attrs = self._ops.getattr(path)
+        (ino,) = self._inodes.remember([path])
+        self._lib.fuse_reply_entry(req, ctypes.byref(self._entry(attrs, ino)))
+
+    def _forget(self, req: int, ino: int, count: int) -> None:
+        try:
+            self._drop(ino, count)
+        finally:
+            self._lib.fuse_reply_none(req)
+
+    def _forget_multi(self, req: int, count: int, forgets: Any) -> None:
+        try:
+            for i in range(count):
+                self._drop(forgets[i].ino, forgets[i].nlookup)
+        finally:
+            self._lib.fuse_reply_none(req)
+
+    def _drop(self, ino: int, count: int) -> None:
+        if self._inodes.forget(ino, count):
+            with self._listed_lock:
+                self._listed.pop(ino, None)
+
+    @_replying
+    def _getattr(self, req: int, ino: int, fi: Any) -> None:
+        stat = mfusepy.c_stat()
+        mfusepy.set_st_attrs(stat, self._ops.getattr(self._inodes.path(ino)), use_ns=True)
+        stat.st_ino = ino
+        self._lib.fuse_reply_attr(req, ctypes.byref(stat), self._attr_timeout(ino))
+
+    @_replying
+    def _statfs(self, req: int, ino: int) -> None:
+        stats = mfusepy.c_statvfs()
+        mfusepy.set_st_attrs(stats, self._ops.statfs(self._inodes.path(ino)))
+        self._lib.fuse_reply_statfs(req, ctypes.byref(stats))
+
+    # --- files --------------------------------------------------------------------------------
+
+    @_replying
+    def _open(self, req: int, ino: int, fi: Any) -> None:
+        path = self._inodes.path(ino)
+        self._ops.open(path, fi.contents)
+        if self._lib.fuse_reply_open(req, fi) == -errno.ENOENT:  # the open was interrupted
+            with contextlib.suppress(OSError):  # answered already: nothing more to tell
+                self._ops.release(path, fi.contents)
+
+    @_replying
+    def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
+        data = self._ops.read(self._inodes.path(ino), size, offset, fi.contents)
+        self._lib.fuse_reply_buf(req, data, len(data))
+
+    @_replying
+    def _release(self, req: int, ino: int, fi: Any) -> None:
+        self._ops.release(self._inodes.path(ino), fi.contents)
+        self._lib.fuse_reply_err(req, 0)
+
+    # --- directories --------------------------------------------------------------------------
+
+    @_replying
+    def _opendir(self, req: int, ino: int, fi: Any) -> None:
+        """ "Not implemented", where the kernel takes that to mean: open directories without
+        asking, and keep their listings (`FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`) until told
+        otherwise. A repeated walk then never reaches this process. Older kernels open each
+        directory here, uncached."""
+        if self._zero_message_opendir:
+            raise mfusepy.FuseOSError(errno.ENOSYS)
+        self._lib.fuse_reply_open(req, fi)
+
+    def _forget_listings(self) -> None:
+        """Some metadata answer changed: every listing the kernel keeps may be stale."""
+        with self._listed_lock:
+            listed = list(self._listed)
+        for ino in listed:
+            self._forget_listing(ino)
+
+    def _forget_listing(self, ino: int) -> None:
+        """Makes the kernel drop the listing it keeps of `ino` (its pages): the next walk of it
+        lists it from here again."""
+        with self._listed_lock:
+            self._listed.pop(ino, None)
+        self._lib.fuse_lowlevel_notify_inval_inode(self._session, ino, 0, 0)
+
+    @_replying
+    def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
+        self._reply_listing(req, ino, size, offset, plus=False)
+
+    @_replying
+    def _readdirplus(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
+        self._reply_listing(req, ino, size, offset, plus=True)
+
+    def _reply_listing(self, req: int, ino: int, size: int, offset: int, plus: bool) -> None:
+        """One page of the listing from `offset`; an empty page ends it."""
+        listed = self._listing(ino, offset)
+        entries = (listed.entries or [])[offset:]
+        names = [os.fsencode(name) for name, _ in entries]
+        add = self._lib.fuse_add_direntry_plus if plus else self._lib.fuse_add_direntry
+        fitting, used = 0, 0
+        for name in names:
+            used += add(req, None, 0, name, None, 0)
+            if used > size:
+                break
+            fitting += 1
+        if fitting == 0:
+            listed.entries = None  # read to its end: only its date is kept
+        if plus:
+            describe: Callable[[int], Any] = self._described_plus(ino, entries[:fitting])
+        else:
+            describe = lambda i: _type_only(entries[i][1])  # noqa: E731
+        page = ctypes.create_string_buffer(size)
+        used = 0
+        for i in range(fitting):
+            position = offset + i + 1
+            used += add(req, ctypes.byref(page, used), size - used, names[i], describe(i), position)
+        self._lib.fuse_reply_buf(req, page, used)
+        if fitting == 0 and not listed.stable:
+            self._forget_listing(ino)
+
+    def _listing(self, ino: int, offset: int) -> _Listed:
+        """The listing from its start (offset 0), else the one being read."""
+        with self._listed_lock:
+            listed = self._listed.get(ino)
+        if offset == 0 or listed is None or listed.entries is None:
+            listed_at = time.monotonic()
+            described, stable = self._ops.listing(self._inodes.path(ino))
+            entries = [(name, attrs) for name, attrs, _ in described]
+            listed = _Listed(listed_at, entries, stable)
+            with self._listed_lock:
+                self._listed[ino] = listed
+        return listed
+
+    def _described_plus(self, ino: int, entries: list[Entry]) -> Callable[[int], _EntryParam]:
+        """Entries with exact attributes are handed over with them, each a lookup the kernel
+        now holds; the others by name and type only, so the kernel asks for them."""
+        exact = [i for i, (_, attrs) in enumerate(entries) if "st_size" in attrs]
+        paths = [self._inodes.child(ino, entries[i][0]) for i in exact]
+        numbers = dict(zip(exact, self._inodes.remember(paths), strict=True))
+
+        def describe(i: int) -> _EntryParam:
+            if i in numbers:
+                return self._entry(entries[i][1], numbers[i])
+            return _EntryParam(attr=_type_only(entries[i][1]))
+
+        return describe
+
+
+def _type_only(attrs: dict[str, Any]) -> mfusepy.c_stat:
+    return mfusepy.c_stat(st_mode=attrs["st_mode"], st_ino=UNKNOWN_INO)

@@ -1,0 +1,123 @@
+"""Metadata answers kept on disk (DESIGN §3), so a remount lists at once and an offline restart
+still shows every known listing.
+
+One SQLite file in the cache dir holds the server's raw JSON answers, by server and user (a
+`scope`) and key, with the wall-clock time each was fetched. Several mounts may share it (WAL, a
+busy timeout). The store is an optimisation only: when the file cannot be opened, read or written
+it is dropped for the rest of the mount with one log line, and the mount carries on from memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blfs.private import FILE_MODE, private_dir, tighten
+
+log = logging.getLogger("blfs")
+
+FILENAME = "metadata.sqlite3"
+BUSY_TIMEOUT_MS = 2000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fetched REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+)
+"""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A raw answer as it was fetched, and when (seconds since the epoch)."""
+
+    body: Any
+    text: str
+    fetched: float
+
+
+class MetaStore:
+    """Raw answers of one scope (server and user) in the shared SQLite file."""
+
+    def __init__(self, path: Path, scope: str) -> None:
+        self._scope = scope
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = _connect(path)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning(
+                "metadata cache %s unusable, keeping metadata in memory only: %s", path, exc
+            )
+
+    def load(self, key: str) -> Stored | None:
+        row = self._run(
+            "SELECT body, fetched FROM answers WHERE scope = ? AND key = ?", (self._scope, key)
+        )
+        if row is None:
+            return None
+        text, fetched = row
+        try:
+            return Stored(json.loads(text), text, float(fetched))
+        except (ValueError, TypeError):
+            return None
+
+    def save(self, key: str, text: str) -> None:
+        """Keeps `text` (a JSON answer) as fetched now."""
+        self._run(
+            "INSERT OR REPLACE INTO answers (scope, key, fetched, body) VALUES (?, ?, ?, ?)",
+            (self._scope, key, time.time(), text),
+        )
+
+    def touch(self, key: str) -> None:
+        """Marks the kept answer as confirmed by the server now."""
+        self._run(
+            "UPDATE answers SET fetched = ? WHERE scope = ? AND key = ?",
+            (time.time(), self._scope, key),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """One statement in its own transaction; any failure drops the store for good."""
+        with self._lock:
+            if self._db is None:
+                return None
+            try:
+                with self._db:
+                    return self._db.execute(sql, params).fetchone()
+            except sqlite3.Error as exc:
+                log.warning("metadata cache failed, keeping metadata in memory only: %s", exc)
+                self._db.close()
+                self._db = None
+                return None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Opens (creating it owner-only) the store with WAL and a busy timeout."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    tighten(path)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_SCHEMA)
+        db.commit()
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
