@@ -157,8 +157,21 @@ def bench_object(work: Path, size: int, bandwidth: int) -> None:
             first = time.perf_counter() - start
             shell(f"ls {directory} > /dev/null")
             whole = time.perf_counter() - start
+        with mounted(server, home, home / "cache-throttled-copy") as point:
+            source = point / "objects" / obj["_id"]
+            throttled_copy = timed(lambda: shell(f"cp -r {source} {home / 'copy-throttled'}"))
+        throttled_curl_dir = home / "curl-throttled"
+        throttled_curl_dir.mkdir()
+        throttled_curl = timed(
+            lambda: shell(
+                f"curl -sf -H 'Authorization: Bearer {token}' {url}"
+                f" | tar -x -C {throttled_curl_dir}"
+            )
+        )
         server.reset()
         row(f"first byte vs whole download at {bandwidth / 1e6:.0f} MB/s", first, whole)
+        mbps = f"{bandwidth / 1e6:.0f} MB/s"
+        row(f"cold cp -r vs curl | tar -x, both at {mbps}", throttled_copy, throttled_curl)
 
 
 def bench_listing(work: Path, objects: int) -> None:
