@@ -24,22 +24,20 @@ from blfs.nodes import Attr, BytesFile, Node, directory
 class BidsDir(Node):
     """A directory of a BIDS view; `relpath` '' is the dataset's top. A data file is the node
     `member_node` makes for its archive member (the object directory's own member node), left
-    out of listings once `known_missing` says the object lacks it."""
-
-    listing_is_stable = False  # a data file leaves the listing once its object is known to lack it
+    out of listings once `presence` says the object lacks it (None: not known yet)."""
 
     def __init__(
         self,
         dataset: Callable[[], Dataset],
         member_node: Callable[[Member], Node],
-        known_missing: Callable[[Member], bool],
+        presence: Callable[[Member], bool | None],
         relpath: str = "",
         mtime: float = 0.0,
     ) -> None:
         super().__init__(directory(mtime))
         self._dataset = dataset
         self._member_node = member_node
-        self._known_missing = known_missing
+        self._presence = presence
         self._relpath = relpath
 
     def _children(self) -> dict[str, Entry | None]:
@@ -55,9 +53,7 @@ class BidsDir(Node):
         entry = children[name]
         if entry is None:
             path = f"{self._relpath}/{name}" if self._relpath else name
-            return BidsDir(
-                self._dataset, self._member_node, self._known_missing, path, self._attr.mtime
-            )
+            return BidsDir(self._dataset, self._member_node, self._presence, path, self._attr.mtime)
         return self._file(entry)
 
     def entries(self) -> list[tuple[str, Attr]]:
@@ -65,8 +61,17 @@ class BidsDir(Node):
         return [
             (name, self._attr if entry is None else Attr(False, 0, self._attr.mtime))
             for name, entry in self._children().items()
-            if not (isinstance(entry, Member) and self._known_missing(entry))
+            if self._presence_of(entry) is not False
         ]
+
+    @property
+    def listing_is_stable(self) -> bool:
+        """Kept by the kernel once every data file's presence is known: until then one of them
+        may still leave the listing."""
+        return all(self._presence_of(entry) is not None for entry in self._children().values())
+
+    def _presence_of(self, entry: Entry | None) -> bool | None:
+        return self._presence(entry) if isinstance(entry, Member) else True
 
     def _file(self, entry: Entry) -> Node:
         if isinstance(entry, Generated):

@@ -176,10 +176,10 @@ class Namespace:
         def member(entry: bids.Member) -> Member:
             return Member(self, entry.record, entry.member)
 
-        def known_missing(entry: bids.Member) -> bool:
-            return member(entry).known_missing()
+        def presence(entry: bids.Member) -> bool | None:
+            return member(entry).known_presence()
 
-        return BidsDir(dataset, member, known_missing, mtime=mtime)
+        return BidsDir(dataset, member, presence, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         mtime = timestamp(instance.get("create_date"))
@@ -342,18 +342,18 @@ class Member(Node):
             return _listed_attr(sizes, self._relpath, _created(self._record))
         return _member_attr(self._contents().lookup(self._relpath))
 
-    def known_missing(self) -> bool:
-        """Whether the object is known to lack this path, asking neither the server nor for a
-        download: its listing is known, or its archive is local."""
+    def known_presence(self) -> bool | None:
+        """Whether the object holds this path, as far as is known without asking the server or
+        for a download (its listing is known, or its archive is local); None while unknown."""
         record = self._record
         known = self._ns.catalog.known_member_sizes(record) is not None
         if not known and not self._ns.objects.cached(record["_id"]):
-            return False
+            return None
         try:
             self.attr()
         except NotFound:
-            return True
-        return False
+            return False
+        return True
 
     def lookup(self, name: str) -> Node:
         return Member(self._ns, self._record, f"{self._relpath}/{name}" if self._relpath else name)

@@ -71,8 +71,9 @@ def directory(mtime: float = 0.0) -> Attr:
 class Node:
     """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call.
 
-    `listing_is_stable` is False for a directory whose entries depend on more than metadata
-    answers (on what is cached, say): a listing of it must not be kept (by the kernel)."""
+    `listing_is_stable` is False while a directory's entries may still change without any
+    metadata answer changing (a BIDS view before its objects are known): a listing of it must
+    not be kept (by the kernel)."""
 
     listing_is_stable = True
 

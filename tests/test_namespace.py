@@ -691,3 +691,16 @@ def test_offline_with_the_server_gone(emulator_data, tmp_path):
     assert ns.readdir("/projects/Lab Private") == labs
     with pytest.raises(RemoteError):
         ns.readdir("/publications")
+
+
+def test_a_bids_listing_may_be_kept_once_every_data_file_in_it_is_known(ns):
+    anat = "/projects/Open Diffusion/bids/sub-0001/anat"
+    assert ns.listing(anat)[1] is False  # an object not fetched yet may still lack a mapped file
+    for name, _ in ns.readdir(anat):
+        handle = ns.open(f"{anat}/{name}")
+        handle.read(0, 1 << 16)
+        handle.release()
+    deadline = time.monotonic() + 60
+    while not ns.listing(anat)[1]:  # the commit comes after the reads, off their path
+        assert time.monotonic() < deadline, "the listing never became stable"
+        time.sleep(0.1)
