@@ -8,7 +8,6 @@ Knows nothing of paths beyond what a tree or a task listing is; knows nothing of
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -50,19 +49,20 @@ def token_subject(token: str | None) -> str | None:
 
 def readable(project: dict[str, Any], sub: str | None) -> bool:
     """The warehouse's read ACL: public, or the user is a member, admin or guest."""
-    if project.get("access") == "public":
-        return True
-    people = [*project.get("members", []), *project.get("admins", []), *project.get("guests", [])]
-    return sub is not None and sub in {str(p) for p in people}
+    public = project.get("access") == "public"
+    return public or _among(project, ("members", "admins", "guests"), sub)
 
 
 def participants_readable(project: dict[str, Any], sub: str | None) -> bool:
     """The warehouse's rule for a participant table: published, or the user is a member or
     an admin (API §2 GET /participant)."""
-    if project.get("publishParticipantsInfo"):
-        return True
-    people = [*project.get("members", []), *project.get("admins", [])]
-    return sub is not None and sub in {str(p) for p in people}
+    published = bool(project.get("publishParticipantsInfo"))
+    return published or _among(project, ("members", "admins"), sub)
+
+
+def _among(project: dict[str, Any], roles: tuple[str, ...], sub: str | None) -> bool:
+    """Whether the user `sub` holds one of `roles` in the project."""
+    return sub is not None and any(sub in {str(p) for p in project.get(r) or []} for r in roles)
 
 
 def label(record: dict[str, Any]) -> str:
@@ -193,16 +193,11 @@ class Catalog:
         """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""
         project_id = project["_id"]
         url = f"{self._client.site}/project/{project_id}"
-        source = bids.Source(
-            name=project.get("name") or project_id,
-            url=url,
-            readme=f"{project.get('name')}\n\n{url}\n\n{project.get('desc') or ''}\n",
-            records=(),
-            participants=None,
-        )
+        name = project.get("name") or project_id
 
         def make() -> bids.Dataset:
-            return self._bids(source, self.project_tree(project_id), project_id)
+            tree = self.project_tree(project_id)
+            return self._bids(name, url, project.get("desc"), tree, project_id)
 
         return self._cache.made(("project_bids", project_id), make)
 
@@ -210,26 +205,31 @@ class Catalog:
         """A release's BIDS view: its objects, with the publication's licence and DOI."""
         url = f"{self._client.site}/pub/{pub['_id']}"
         name = f"{pub.get('name') or pub['_id']} (release {release.get('name')})"
-        source = bids.Source(
-            name=name,
-            url=url,
-            readme=f"{name}\n\n{url}\n\n{pub.get('desc') or ''}\n",
-            records=(),
-            participants=None,
-            release=pub,
-        )
 
         def make() -> bids.Dataset:
-            return self._bids(source, self.release_tree(release["_id"]), pub.get("project"))
+            tree = self.release_tree(release["_id"])
+            return self._bids(name, url, pub.get("desc"), tree, pub.get("project"), pub)
 
         return self._cache.made(("release_bids", release["_id"]), make)
 
-    def _bids(self, source: bids.Source, tree: Branch, project_id: str | None) -> bids.Dataset:
-        participants = self.participants(project_id) if project_id else None
-        filled = dataclasses.replace(
-            source, records=tuple(records(tree)), participants=participants
+    def _bids(
+        self,
+        name: str,
+        url: str,
+        desc: str | None,
+        tree: Branch,
+        project_id: str | None,
+        release: dict[str, Any] | None = None,
+    ) -> bids.Dataset:
+        source = bids.Source(
+            name=name,
+            url=url,
+            readme=f"{name}\n\n{url}\n\n{desc or ''}\n",
+            records=tuple(records(tree)),
+            participants=self.participants(project_id) if project_id else None,
+            release=release,
         )
-        return bids.dataset(filled, self.datatypes(), self._client.site)
+        return bids.dataset(source, self.datatypes(), self._client.site)
 
     def object_states(self, project_id: str) -> dict[str, Any]:
         """How many of the project's objects are in each state, and the ones not shown (still
