@@ -47,6 +47,9 @@ log = logging.getLogger("blfs")
 ROOT = 1  # FUSE_ROOT_ID
 UNKNOWN_INO = 0xFFFFFFFF  # FUSE_UNKNOWN_INO: a listed entry the kernel holds no number for
 FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
+FUSE_CAP_PARALLEL_DIROPS = 1 << 18
+FUSE_PARALLEL_DIROPS = 1 << 18  # the same capability as the kernel's INIT flag
+_INIT_OUT_FLAGS = 12  # offset of `flags` in `struct fuse_init_out`
 
 _req = ctypes.c_void_p
 _ino = ctypes.c_uint64
@@ -110,6 +113,31 @@ class _LowLevelOps(ctypes.Structure):
     _fields_ = [(name, _CALLBACKS.get(name, ctypes.c_void_p)) for name in _OPS_ORDER]
 
 
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+_WRITEV = ctypes.CFUNCTYPE(
+    ctypes.c_ssize_t,
+    ctypes.c_int,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_int,
+    ctypes.c_void_p,
+    use_errno=True,
+)
+
+
+class _CustomIo(ctypes.Structure):
+    """`struct fuse_custom_io` of libfuse 3.13 to 3.17.0."""
+
+    _fields_ = [
+        ("writev", _WRITEV),
+        ("read", ctypes.c_void_p),
+        ("splice_receive", ctypes.c_void_p),
+        ("splice_send", ctypes.c_void_p),
+    ]
+
+
 def _library_name() -> str:
     name = ctypes.util.find_library("fuse3")
     if name is None:
@@ -154,6 +182,54 @@ def _library() -> ctypes.PyDLL:
         getattr(lib, function).restype = restype
         getattr(lib, function).argtypes = argtypes
     return lib
+
+
+class _ParallelLookups:
+    """Tells the kernel that lookups in one directory may run in parallel, which libfuse 3.13 to
+    3.17.0 never does: it computes the flag and leaves it out of its INIT reply. The kernel then
+    sends one lookup per directory at a time, and a `stat` of a member waiting for its archive
+    holds up `_info.json` beside it for a whole stall timeout.
+
+    libfuse writes its replies through a hook (`fuse_session_custom_io`). This one adds the flag
+    to the first reply, which is INIT's (the kernel asks nothing else before it), and hands every
+    reply to libc's `writev`. Requests are read by libc's `read` itself: its three arguments lead
+    the hook's."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.PyDLL(None, use_errno=True)  # a reply is one quick write, as above
+        self._libc.writev.restype = ctypes.c_ssize_t
+        self._libc.writev.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_int]
+        self._init_reply_pending = True
+        self._kernel_offers = False
+        reader = ctypes.cast(self._libc.read, ctypes.c_void_p).value
+        self._writer = _WRITEV(self._writev)  # libfuse keeps a copy of the pointer only
+        self._io = _CustomIo(writev=self._writer, read=reader)
+
+    @staticmethod
+    def needed(lib: ctypes.CDLL) -> bool:
+        lib.fuse_pkgversion.restype = ctypes.c_char_p
+        version = tuple(int(part) for part in lib.fuse_pkgversion().split(b".")[:3])
+        return hasattr(lib, "fuse_session_custom_io") and version < (3, 17, 1)
+
+    def install(self, lib: ctypes.CDLL, session: int) -> None:
+        lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
+        lib.fuse_session_custom_io.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        fd = lib.fuse_session_fd(session)
+        if lib.fuse_session_custom_io(session, ctypes.byref(self._io), fd) != 0:
+            raise BlfsError("libfuse refused its reply hook")
+
+    def kernel_offers(self, capable: int) -> None:
+        """What libfuse's init learnt: the flag only goes to a kernel that offered it."""
+        self._kernel_offers = bool(capable & FUSE_CAP_PARALLEL_DIROPS)
+
+    def _writev(self, fd: int, iov: Any, count: int, userdata: int) -> int:
+        if self._init_reply_pending:
+            self._init_reply_pending = False
+            if self._kernel_offers and count >= 2 and iov[1].length >= _INIT_OUT_FLAGS + 4:
+                flags = ctypes.c_uint32.from_address(iov[1].base + _INIT_OUT_FLAGS)
+                flags.value |= FUSE_PARALLEL_DIROPS
+        # With `use_errno` on both sides, a failed write's errno reaches libfuse.
+        return self._libc.writev(fd, iov, count)
 
 
 Entry = tuple[str, dict[str, Any]]
@@ -259,6 +335,7 @@ class KernelMount:
         self._listed_lock = threading.Lock()
         self._session: int | None = None
         self._zero_message_opendir = False
+        self._parallel_lookups = _ParallelLookups() if _ParallelLookups.needed(self._lib) else None
         self._callbacks = {
             name: prototype(getattr(self, f"_{name}")) for name, prototype in _CALLBACKS.items()
         }
@@ -278,6 +355,8 @@ class KernelMount:
         try:
             if self._lib.fuse_session_mount(session, os.fsencode(self._mountpoint)) != 0:
                 raise BlfsError(f"cannot mount at {self._mountpoint}")
+            if self._parallel_lookups:
+                self._parallel_lookups.install(self._lib, session)
             try:
                 self._run(session)
             finally:
@@ -323,7 +402,8 @@ class KernelMount:
     # --- names and attributes ---------------------------------------------------------------
 
     def _init(self, userdata: int, conn: Any) -> None:
-        self._ops.init_with_config(conn.contents, None)
+        if self._parallel_lookups:
+            self._parallel_lookups.kernel_offers(conn.contents.capable)
         self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
 
     def _entry(self, attrs: dict[str, Any], ino: int) -> _EntryParam:

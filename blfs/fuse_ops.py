@@ -27,7 +27,6 @@ log = logging.getLogger("blfs")
 # Large blocks make tools read in big chunks: each FUSE call costs Python overhead (DESIGN §9).
 BLOCK_SIZE = 256 * 1024
 _REPEAT_LOG_SECONDS = 60.0
-FUSE_CAP_PARALLEL_DIROPS = 1 << 18  # fuse_common.h
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,13 +151,6 @@ class BlfsOperations(mfusepy.Operations):
         if handle is not None:
             handle.release()
         return 0
-
-    def init_with_config(self, conn: Any, config: Any) -> None:
-        """Asks for lookups in one directory to run in parallel, so one waiting for an archive's
-        member header does not hold up `_info.json` in the kernel. libfuse before 3.15 never
-        passes this on (the kernel then serializes lookups per directory)."""
-        if conn is not None:
-            conn.want |= conn.capable & FUSE_CAP_PARALLEL_DIROPS
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": BLOCK_SIZE, "f_frsize": BLOCK_SIZE, "f_namemax": 255}

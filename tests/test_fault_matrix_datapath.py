@@ -66,20 +66,18 @@ def test_six_readers_of_a_stalled_object_fail_within_one_stall_timeout_and_one_d
     results: list = []
     readers.start()
     time.sleep(2)
-    info = time.monotonic()
     os.stat(mount.path / "objects" / other["_id"] / "_info.json")
     other_seconds, other_error = timed_read(mount.path / "objects" / other["_id"] / "dwi.nii.gz")
-    # Same directory: with libfuse < 3.15 the kernel serializes lookups per directory, so this
-    # one waits for the member lookups ahead of it, which end with the stall timeout.
-    os.stat(mount.path / "objects" / stalled["_id"] / "_info.json")
+    info = time.monotonic()
+    os.stat(mount.path / "objects" / stalled["_id"] / "_info.json")  # beside the waiting lookups
     info_seconds = time.monotonic() - info
     readers.join(120)
     waits = sorted(round(seconds, 1) for seconds, _ in results)
     print(
-        f"\nsix waiters {waits} s, other object {other_seconds:.2f} s, _info {info_seconds:.2f} s"
+        f"\nsix waiters {waits} s, other object {other_seconds:.2f} s, beside {info_seconds:.2f} s"
     )
     assert other_seconds < 10 and other_error is None
-    assert info_seconds < STALL_TIMEOUT + 5
+    assert info_seconds < STALL_TIMEOUT / 3
     assert all(error is not None for _, error in results)
     assert max(seconds for seconds, _ in results) < STALL_TIMEOUT + 10
     assert time.monotonic() - started < STALL_TIMEOUT + 12
