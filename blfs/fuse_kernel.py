@@ -41,6 +41,7 @@ import mfusepy
 
 from blfs.errors import BlfsError
 from blfs.fuse_ops import BlfsOperations
+from blfs.nodes import FileSpan
 
 log = logging.getLogger("blfs")
 
@@ -48,6 +49,8 @@ ROOT = 1  # FUSE_ROOT_ID
 UNKNOWN_INO = 0xFFFFFFFF  # FUSE_UNKNOWN_INO: a listed entry the kernel holds no number for
 FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
 FUSE_CAP_PARALLEL_DIROPS = 1 << 18
+FUSE_CAP_SPLICE_WRITE = 1 << 7
+FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
 FUSE_PARALLEL_DIROPS = 1 << 18  # the same capability as the kernel's INIT flag
 _INIT_OUT_FLAGS = 12  # offset of `flags` in `struct fuse_init_out`
 
@@ -113,6 +116,28 @@ class _LowLevelOps(ctypes.Structure):
     _fields_ = [(name, _CALLBACKS.get(name, ctypes.c_void_p)) for name in _OPS_ORDER]
 
 
+class _Buf(ctypes.Structure):
+    """`struct fuse_buf` (`mem_size` is 3.17's, ignored before)."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+        ("mem", ctypes.c_void_p),
+        ("fd", ctypes.c_int),
+        ("pos", _off),
+        ("mem_size", ctypes.c_size_t),
+    ]
+
+
+class _BufVec(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_size_t),
+        ("idx", ctypes.c_size_t),
+        ("off", ctypes.c_size_t),
+        ("buf", _Buf * 1),
+    ]
+
+
 class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
 
@@ -158,6 +183,7 @@ def _library() -> ctypes.PyDLL:
         "fuse_reply_attr": (ctypes.c_int, [_req, p(mfusepy.c_stat), ctypes.c_double]),
         "fuse_reply_open": (ctypes.c_int, [_req, _file_info_p]),
         "fuse_reply_buf": (ctypes.c_int, [_req, ctypes.c_void_p, ctypes.c_size_t]),
+        "fuse_reply_data": (ctypes.c_int, [_req, p(_BufVec), ctypes.c_int]),
         "fuse_reply_statfs": (ctypes.c_int, [_req, p(mfusepy.c_statvfs)]),
         "fuse_add_direntry": (
             ctypes.c_size_t,
@@ -192,18 +218,18 @@ class _ParallelLookups:
 
     libfuse writes its replies through a hook (`fuse_session_custom_io`). This one adds the flag
     to the first reply, which is INIT's (the kernel asks nothing else before it), and hands every
-    reply to libc's `writev`. Requests are read by libc's `read` itself: its three arguments lead
-    the hook's."""
+    reply to libc's `writev`. Requests are read by libc's `read`, and file data is spliced by
+    libc's `splice`, themselves: their arguments lead the hooks'."""
 
     def __init__(self) -> None:
-        self._libc = ctypes.PyDLL(None, use_errno=True)  # a reply is one quick write, as above
+        self._libc = libc = ctypes.PyDLL(None, use_errno=True)  # a reply is one quick write
         self._libc.writev.restype = ctypes.c_ssize_t
         self._libc.writev.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_int]
         self._init_reply_pending = True
         self._kernel_offers = False
-        reader = ctypes.cast(self._libc.read, ctypes.c_void_p).value
+        reader, splicer = (ctypes.cast(f, ctypes.c_void_p).value for f in (libc.read, libc.splice))
         self._writer = _WRITEV(self._writev)  # libfuse keeps a copy of the pointer only
-        self._io = _CustomIo(writev=self._writer, read=reader)
+        self._io = _CustomIo(writev=self._writer, read=reader, splice_send=splicer)
 
     @staticmethod
     def needed(lib: ctypes.CDLL) -> bool:
@@ -294,11 +320,25 @@ class _Inodes:
             return True
 
 
+_this_thread = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """ctypes gives a callback from a thread Python did not start a thread state of its own,
+    made before and torn down after it: an mmap, a munmap and page faults on every request.
+    One more hold of the thread's GIL state keeps it for the life of the libfuse worker (whose
+    threads are never reaped: see `KernelMount`)."""
+    if not getattr(_this_thread, "state_kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _this_thread.state_kept = True
+
+
 def _replying(handler: Callable[..., None]) -> Callable[..., None]:
     """Every request gets exactly one answer: errors become their errno, never a lost request."""
 
     @functools.wraps(handler)
     def wrapper(self: KernelMount, req: int, *args: Any) -> None:
+        _keep_thread_state()
         try:
             handler(self, req, *args)
         except OSError as exc:
@@ -321,14 +361,12 @@ class KernelMount:
         *,
         ttl: float,
         max_threads: int = 64,
-        idle_threads: int = 16,
     ) -> None:
         self._ops = operations
         self._mountpoint = mountpoint
         self._options = options
         self._ttl = ttl
         self._max_threads = max_threads
-        self._idle_threads = idle_threads
         self._lib = _library()
         self._inodes = _Inodes()
         self._listed: dict[int, _Listed] = {}
@@ -380,7 +418,8 @@ class KernelMount:
 
     def _loop(self, session: int) -> int:
         """The multithreaded loop with a thread cap: a few waiting downloads must not freeze
-        the mount (libfuse 3.12+ defaults to 10 workers)."""
+        the mount (libfuse 3.12+ defaults to 10 workers). Idle workers are kept, not reaped:
+        each holds its Python thread state (`_keep_thread_state`)."""
         lib = ctypes.CDLL(_library_name())  # the loop waits for the kernel: without the GIL
         if hasattr(lib, "fuse_loop_cfg_create"):
             lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
@@ -390,12 +429,12 @@ class KernelMount:
             lib.fuse_session_loop_mt_312.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             config = lib.fuse_loop_cfg_create()
             lib.fuse_loop_cfg_set_max_threads(config, self._max_threads)
-            lib.fuse_loop_cfg_set_idle_threads(config, self._idle_threads)
+            lib.fuse_loop_cfg_set_idle_threads(config, self._max_threads)
             try:
                 return lib.fuse_session_loop_mt_312(session, config)
             finally:
                 lib.fuse_loop_cfg_destroy(config)
-        legacy = _LegacyLoopConfig(0, self._idle_threads)
+        legacy = _LegacyLoopConfig(0, self._max_threads)
         lib.fuse_session_loop_mt_32.argtypes = [ctypes.c_void_p, ctypes.POINTER(_LegacyLoopConfig)]
         return lib.fuse_session_loop_mt_32(session, ctypes.byref(legacy))
 
@@ -405,6 +444,7 @@ class KernelMount:
         if self._parallel_lookups:
             self._parallel_lookups.kernel_offers(conn.contents.capable)
         self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+        conn.contents.want |= conn.contents.capable & FUSE_CAP_SPLICE_WRITE
 
     def _entry(self, attrs: dict[str, Any], ino: int) -> _EntryParam:
         """A name's attributes, for the kernel to keep (see `_attr_timeout`)."""
@@ -479,8 +519,16 @@ class KernelMount:
 
     @_replying
     def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        data = self._ops.read(self._inodes.path(ino), size, offset, fi.contents)
-        self._lib.fuse_reply_buf(req, data, len(data))
+        """Bytes on disk go from the cache file to the kernel by splice, never through Python."""
+        piece = self._ops.read_piece(self._inodes.path(ino), size, offset, fi.contents)
+        if isinstance(piece, FileSpan) and piece.length == 0:
+            piece = b""
+        if isinstance(piece, bytes):
+            self._lib.fuse_reply_buf(req, piece, len(piece))
+            return
+        flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
+        span = _Buf(size=piece.length, flags=flags, fd=piece.fd, pos=piece.offset)
+        self._lib.fuse_reply_data(req, ctypes.byref(_BufVec(count=1, buf=(span,))), 0)
 
     @_replying
     def _release(self, req: int, ino: int, fi: Any) -> None:

@@ -20,7 +20,7 @@ import mfusepy
 
 from blfs.errors import BlfsError
 from blfs.namespace import Namespace
-from blfs.nodes import Attr
+from blfs.nodes import Attr, FileSpan
 
 log = logging.getLogger("blfs")
 
@@ -144,6 +144,11 @@ class BlfsOperations(mfusepy.Operations):
     @_errno_mapped
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         return self._handles[fi.fh].read(offset, size)
+
+    @_errno_mapped
+    def read_piece(self, path: str, size: int, offset: int, fi: Any) -> bytes | FileSpan:
+        """What `read` returns, or where on disk it is (for a reply that splices it)."""
+        return self._handles[fi.fh].read_piece(offset, size)
 
     @_errno_mapped
     def release(self, path: str, fi: Any) -> int:

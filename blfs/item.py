@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from blfs.cache import LOCK_WAIT, Cache, Pin, Staging
 from blfs.errors import BadArchive, BlfsError, CacheFull, RemoteTimeout
+from blfs.nodes import FileSpan
 from blfs.private import DIR_MODE, FILE_MODE
 
 log = logging.getLogger("blfs.fetch")
@@ -273,16 +274,19 @@ class FileHandle:
         return self._final and self._item.done
 
     def read(self, offset: int, size: int) -> bytes:
+        return self.read_piece(offset, size).read()
+
+    def read_piece(self, offset: int, size: int) -> FileSpan:
+        """Where the bytes at `offset` are, once they are there."""
         if size <= 0 or self._fd is None:
-            return b""
+            return FileSpan(-1, offset, 0)
         file = self._file
         end = offset + size if file.size is None else min(offset + size, file.size)
         self._item.wait(lambda: file.written >= end, f"byte {end} of {file.path.name}")
         self._item.check()
         if file.written < end and file.size is not None:
             raise BadArchive(f"{self._item.describe()}: {file.path.name} ended early")
-        want = max(0, min(size, file.written - offset))
-        return _pread_all(self._fd, want, offset)
+        return FileSpan(self._fd, offset, max(0, min(size, file.written - offset)))
 
     def release(self) -> None:
         if self._fd is None:
@@ -301,18 +305,6 @@ def _fresh(error: BlfsError) -> BlfsError:
         return type(error)(*error.args)
     except Exception:
         return error
-
-
-def _pread_all(fd: int, want: int, offset: int) -> bytes:
-    parts = []
-    while want > 0:
-        data = os.pread(fd, want, offset)
-        if not data:
-            break
-        parts.append(data)
-        offset += len(data)
-        want -= len(data)
-    return b"".join(parts)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

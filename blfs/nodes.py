@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,12 +36,37 @@ class Attr:
     exact: bool = field(default=False, compare=False)  # how it is known, not what it says
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """Bytes already on disk: a reply can take them from the descriptor (splice) without their
+    passing through Python."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def read(self) -> bytes:
+        parts, offset, want = [], self.offset, self.length
+        while want > 0:
+            data = os.pread(self.fd, want, offset)
+            if not data:
+                break
+            parts.append(data)
+            offset += len(data)
+            want -= len(data)
+        return b"".join(parts)
+
+
 class Handle(Protocol):
     """An open file: `complete` files never change, so the kernel may keep their pages."""
 
     complete: bool
 
     def read(self, offset: int, size: int) -> bytes: ...
+    def read_piece(self, offset: int, size: int) -> bytes | FileSpan:
+        """What `read` returns, or where on disk it is."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -54,6 +80,8 @@ class BytesHandle:
 
     def read(self, offset: int, size: int) -> bytes:
         return self._data[offset : offset + size]
+
+    read_piece = read
 
     def release(self) -> None:
         pass
