@@ -69,13 +69,7 @@ def directory(mtime: float = 0.0) -> Attr:
 
 
 class Node:
-    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call.
-
-    `listing_is_stable` is False while a directory's entries may still change without any
-    metadata answer changing (a BIDS view before its objects are known): a listing of it must
-    not be kept (by the kernel)."""
-
-    listing_is_stable = True
+    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call."""
 
     def __init__(self, attr: Attr) -> None:
         self._attr = attr
@@ -88,6 +82,12 @@ class Node:
 
     def entries(self) -> list[tuple[str, Attr]]:
         raise NotFound("not a directory")
+
+    def listing(self) -> tuple[list[tuple[str, Attr]], bool]:
+        """The entries, and whether a listing of them may be kept (by the kernel): not while
+        they may still change without any metadata answer changing (a BIDS view before its
+        objects are known)."""
+        return self.entries(), True
 
     def open(self) -> Handle:
         raise IsADirectory("is a directory")
