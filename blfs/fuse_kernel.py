@@ -533,8 +533,12 @@ class KernelMount:
             if used > size:
                 break
             fitting += 1
-        if fitting == 0:
+        if fitting == 0:  # the empty page that tells the kernel the listing ended
             listed.entries = None  # read to its end: only its date is kept
+            self._lib.fuse_reply_buf(req, None, 0)
+            if not listed.stable:
+                self._forget_listing(ino)
+            return
         if plus:
             describe: Callable[[int], Any] = self._described_plus(ino, entries[:fitting])
         else:
@@ -545,8 +549,6 @@ class KernelMount:
             position = offset + i + 1
             used += add(req, ctypes.byref(page, used), size - used, names[i], describe(i), position)
         self._lib.fuse_reply_buf(req, page, used)
-        if fitting == 0 and not listed.stable:
-            self._forget_listing(ino)
 
     def _listing(self, ino: int, offset: int) -> _Listed:
         """The listing from its start (offset 0), else the one being read."""
