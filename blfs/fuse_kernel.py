@@ -50,6 +50,10 @@ FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
 FUSE_CAP_PARALLEL_DIROPS = 1 << 18
 FUSE_PARALLEL_DIROPS = 1 << 18  # the same capability as the kernel's INIT flag
 _INIT_OUT_FLAGS = 12  # offset of `flags` in `struct fuse_init_out`
+# Where an entry's name starts in a listing page (`struct fuse_dirent`, `struct fuse_direntplus`
+# of the kernel's ABI): an entry takes this plus its name, rounded up to 8 bytes.
+_NAME_OFFSET = 24
+_NAME_OFFSET_PLUS = 128 + _NAME_OFFSET
 
 _req = ctypes.c_void_p
 _ino = ctypes.c_uint64
@@ -526,12 +530,13 @@ class KernelMount:
         listed = self._listing(ino, offset)
         entries = (listed.entries or [])[offset:]
         names = [os.fsencode(name) for name, _ in entries]
-        add = self._lib.fuse_add_direntry_plus if plus else self._lib.fuse_add_direntry
+        start = _NAME_OFFSET_PLUS if plus else _NAME_OFFSET
         fitting, used = 0, 0
         for name in names:
-            used += add(req, None, 0, name, None, 0)
-            if used > size:
+            length = (start + len(name) + 7) & ~7  # FUSE_DIRENT_ALIGN
+            if used + length > size:
                 break
+            used += length
             fitting += 1
         if fitting == 0:  # the empty page that tells the kernel the listing ended
             listed.entries = None  # read to its end: only its date is kept
@@ -543,11 +548,12 @@ class KernelMount:
             describe: Callable[[int], Any] = self._described_plus(ino, entries[:fitting])
         else:
             describe = lambda i: _type_only(entries[i][1])  # noqa: E731
-        page = ctypes.create_string_buffer(size)
+        add = self._lib.fuse_add_direntry_plus if plus else self._lib.fuse_add_direntry
+        page, room = ctypes.create_string_buffer(used), used
         used = 0
         for i in range(fitting):
             position = offset + i + 1
-            used += add(req, ctypes.byref(page, used), size - used, names[i], describe(i), position)
+            used += add(req, ctypes.byref(page, used), room - used, names[i], describe(i), position)
         self._lib.fuse_reply_buf(req, page, used)
 
     def _listing(self, ino: int, offset: int) -> _Listed:
