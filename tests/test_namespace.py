@@ -696,6 +696,7 @@ def test_offline_with_the_server_gone(emulator_data, tmp_path):
 def test_a_bids_listing_may_be_kept_once_every_data_file_in_it_is_known(ns):
     anat = "/projects/Open Diffusion/bids/sub-0001/anat"
     assert ns.listing(anat)[1] is False  # an object not fetched yet may still lack a mapped file
+    assert any(not attr.exact for _, attr in ns.listing(anat)[0])  # its size is not known yet
     for name, _ in ns.readdir(anat):
         handle = ns.open(f"{anat}/{name}")
         handle.read(0, 1 << 16)
@@ -704,3 +705,5 @@ def test_a_bids_listing_may_be_kept_once_every_data_file_in_it_is_known(ns):
     while not ns.listing(anat)[1]:  # the commit comes after the reads, off their path
         assert time.monotonic() < deadline, "the listing never became stable"
         time.sleep(0.1)
+    for name, attr in ns.listing(anat)[0]:  # every size known now, and handed with the listing
+        assert attr.exact and attr.size == len(read_all(ns, f"{anat}/{name}")), name
