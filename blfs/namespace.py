@@ -31,7 +31,7 @@ from blfs.nodes import (
     NamedDir,
     Node,
     directory,
-    json_bytes,
+    json_size,
 )
 from blfs.tree import Branch, datatype_dir, timestamp
 
@@ -116,7 +116,7 @@ class Namespace:
         """`_info.json`'s size, serialized once per record: a walk lists thousands of objects."""
         known = self._info_sizes.get(record["_id"])
         if known is None or known[0] is not record:
-            known = self._info_sizes[record["_id"]] = (record, len(json_bytes(record)))
+            known = self._info_sizes[record["_id"]] = (record, json_size(record))
         return known[1]
 
     def on_change(self, callback: Callable[[], None]) -> None:

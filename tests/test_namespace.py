@@ -20,7 +20,7 @@ from blfs.catalog import Catalog
 from blfs.errors import AccessDenied, NotFound, RemoteError
 from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
 from blfs.namespace import Namespace
-from blfs.nodes import Attr
+from blfs.nodes import Attr, json_bytes, json_size
 
 WAREHOUSE = "/api/warehouse"
 AMARETTI = "/api/amaretti"
@@ -226,6 +226,12 @@ def an_object_path(ns, emulator, project_name="Lab Private", datatype="neuro/ana
         d for d in shown_in_project(emulator, project_name) if datatypes[d["datatype"]] == datatype
     )
     return f"/projects/{project_name}/{expected_path(record, datatypes)}"
+
+
+def test_a_json_files_size_is_known_without_writing_it(emulator):
+    odd = [{}, [], {"a": [], "b": {}}, [[[]]], {"é": "ü", "k": [1.5, None, True, {"x": ({},)}]}]
+    for value in [*odd, "text", 3, None, *emulator.db("datasets"), *emulator.db("tasks")]:
+        assert json_size(value) == len(json_bytes(value)), value
 
 
 def test_info_json_is_the_record_without_download(ns, emulator):
