@@ -306,6 +306,26 @@ class _Inodes:
             return True
 
 
+_worker = threading.local()
+
+
+def _kept_thread_state(callback: Callable[..., None]) -> Callable[..., None]:
+    """A callback whose thread keeps its Python thread state between requests. ctypes gives a
+    thread Python did not start a new state for each callback and deletes it on return, with
+    the frame stack it maps: an mmap, an munmap and more per request, some tenth of a walk's
+    CPU. One more hold taken on the thread's first callback keeps its state for its life
+    (libfuse keeps its worker threads: see `_loop`)."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any) -> None:
+        if not getattr(_worker, "kept", False):
+            ctypes.pythonapi.PyGILState_Ensure()
+            _worker.kept = True
+        callback(*args)
+
+    return wrapper
+
+
 def _replying(handler: Callable[..., None]) -> Callable[..., None]:
     """Every request gets exactly one answer: errors become their errno, never a lost request."""
 
@@ -333,14 +353,12 @@ class KernelMount:
         *,
         ttl: float,
         max_threads: int = 64,
-        idle_threads: int = 16,
     ) -> None:
         self._ops = operations
         self._mountpoint = mountpoint
         self._options = options
         self._ttl = ttl
         self._max_threads = max_threads
-        self._idle_threads = idle_threads
         self._lib = _library()
         self._inodes = _Inodes()
         self._listed: dict[int, _Listed] = {}
@@ -349,7 +367,8 @@ class KernelMount:
         self._zero_message_opendir = False
         self._parallel_lookups = _ParallelLookups() if _ParallelLookups.needed(self._lib) else None
         self._callbacks = {
-            name: prototype(getattr(self, f"_{name}")) for name, prototype in _CALLBACKS.items()
+            name: prototype(_kept_thread_state(getattr(self, f"_{name}")))
+            for name, prototype in _CALLBACKS.items()
         }
 
     def serve(self) -> None:
@@ -392,7 +411,8 @@ class KernelMount:
 
     def _loop(self, session: int) -> int:
         """The multithreaded loop with a thread cap: a few waiting downloads must not freeze
-        the mount (libfuse 3.12+ defaults to 10 workers)."""
+        the mount (libfuse 3.12+ defaults to 10 workers). Idle workers are kept, not ended, so
+        that the thread states they keep (`_kept_thread_state`) are never left behind."""
         lib = ctypes.CDLL(_library_name())  # the loop waits for the kernel: without the GIL
         if hasattr(lib, "fuse_loop_cfg_create"):
             lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
@@ -402,12 +422,12 @@ class KernelMount:
             lib.fuse_session_loop_mt_312.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             config = lib.fuse_loop_cfg_create()
             lib.fuse_loop_cfg_set_max_threads(config, self._max_threads)
-            lib.fuse_loop_cfg_set_idle_threads(config, self._idle_threads)
+            lib.fuse_loop_cfg_set_idle_threads(config, self._max_threads)
             try:
                 return lib.fuse_session_loop_mt_312(session, config)
             finally:
                 lib.fuse_loop_cfg_destroy(config)
-        legacy = _LegacyLoopConfig(0, self._idle_threads)
+        legacy = _LegacyLoopConfig(0, self._max_threads)
         lib.fuse_session_loop_mt_32.argtypes = [ctypes.c_void_p, ctypes.POINTER(_LegacyLoopConfig)]
         return lib.fuse_session_loop_mt_32(session, ctypes.byref(legacy))
 
