@@ -239,7 +239,7 @@ class _ParallelLookups:
 Entry = tuple[str, dict[str, Any]]
 
 
-@dataclass
+@dataclass(slots=True)  # one per directory listed: a walk lists tens of thousands
 class _Listed:
     """When a directory was last listed to the kernel, the entries while it reads them, and
     whether the kernel may keep them."""
