@@ -30,15 +30,62 @@ def relative(relpath: str) -> str:
     return "/".join(parts)
 
 
+class Tree:
+    """An object's members by path, without their files: all that lookups and listings need.
+    A committed object's tree never changes and is kept in memory on its own, many at once (a
+    walk of a big project lists every object, some of them in several places)."""
+
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+        # By path, each named by its last component (as lookups and listings hand them out).
+        self.members: dict[str, Member] = {"": Member("", 0, DIR_MODE, 0.0)}
+        self.children: dict[str, list[str]] = {"": []}
+
+    @classmethod
+    def from_index(cls, object_id: str, index: dict[str, Any]) -> Tree:
+        """The tree of a committed object, from its index."""
+        tree = cls(object_id)
+        for name, size, mode, mtime in index["members"]:
+            if name not in tree.members:
+                tree.add(Member(name, size, mode, mtime))
+        return tree
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def add(self, member: Member) -> None:
+        """A member, named by its path, whose parent is known already (archive order)."""
+        name = member.name
+        if name not in self.members:
+            parent, _, _ = name.rpartition("/")
+            self.children[parent].append(name)
+            if member.is_dir:
+                self.children[name] = []
+        self.members[name] = dataclasses.replace(member, name=name.rpartition("/")[2])
+
+    def lookup(self, name: str) -> Member:
+        """A member by its normalised path ('' = the root)."""
+        member = self.members.get(name)
+        if member is None:
+            raise NotFound(f"{name!r} is not in object {self.object_id}")
+        return member
+
+    def listdir(self, name: str) -> list[Member]:
+        """A directory's members, by its normalised path."""
+        if name not in self.children:
+            raise NotFound(f"{name!r} is not a directory in object {self.object_id}")
+        return [self.members[child] for child in self.children[name]]
+
+
 class Archive:
-    """The members of one object; every call waits (bounded by the item) for what it needs."""
+    """The members of one object, as they arrive, with their files; every call waits (bounded by
+    the item) for what it needs."""
 
     def __init__(self, object_id: str, item: Item) -> None:
         self.object_id = object_id
         self.item = item
-        self.members: dict[str, Member] = {"": Member("", 0, DIR_MODE, 0.0)}
+        self.tree = Tree(object_id)
         self.files: dict[str, GrowingFile] = {}
-        self.children: dict[str, list[str]] = {"": []}
         self.order: list[Member] = []
 
     def fill_from_index(self, index: dict[str, Any], base: Path) -> None:
@@ -49,7 +96,7 @@ class Archive:
             known = self.files.get(name)
             if known is not None:
                 self._complete(known, base / name)
-            elif name not in self.members:
+            elif name not in self.tree.members:
                 file = None if member.is_dir else GrowingFile(base / name, size, size)
                 self.publish(member, file)
 
@@ -61,15 +108,9 @@ class Archive:
 
     def publish(self, member: Member, file: GrowingFile | None) -> None:
         with self.item.cond:
-            name = member.name
-            if name not in self.members:
-                parent, _, _ = name.rpartition("/")
-                self.children[parent].append(name)
-                if member.is_dir:
-                    self.children[name] = []
-            self.members[name] = dataclasses.replace(member, name=name.rpartition("/")[2])
+            self.tree.add(member)
             if file is not None:
-                self.files[name] = file
+                self.files[member.name] = file
             self.order.append(member)
             self.item.cond.notify_all()
 
@@ -81,21 +122,16 @@ class Archive:
     def lookup(self, relpath: str) -> Member:
         """A member ('' = the root); waits until its header has passed or the archive ended."""
         name = relative(relpath)
-        self.item.wait(lambda: name in self.members, f"member {name!r}")
+        self.item.wait(lambda: name in self.tree.members, f"member {name!r}")
         self.item.check()
-        member = self.members.get(name)
-        if member is None:
-            raise NotFound(f"{relpath!r} is not in object {self.object_id}")
-        return member
+        return self.tree.lookup(name)
 
     def listdir(self, relpath: str) -> list[Member]:
         """A directory's members; waits for the whole archive (a partial list misleads cp -r)."""
         name = relative(relpath)
         self.item.wait(lambda: False, f"the listing of {name or 'the root'}")
         self.item.check()
-        if name not in self.children:
-            raise NotFound(f"{relpath!r} is not a directory in object {self.object_id}")
-        return [self.members[child] for child in self.children[name]]
+        return self.tree.listdir(name)
 
     def file(self, relpath: str) -> GrowingFile:
         member = self.lookup(relpath)

@@ -2,14 +2,15 @@
 and each data file as the archive member it stands for.
 
 Data files are regular files, not symlinks into the object directories: listing and walking
-(`find`, `os.walk`, whose `is_dir()` would follow a link, `glob`) then use only the file type
-that a listing gives, never a size, so they cost no download; reading one fetches its object as
-everywhere else, into the same cache. A data file's size is its member's: for an object stored on
-S3 it comes from the object's file listing (one request, no download), so `stat` and pybids
-indexing fetch no archive; for an archive-stored object it is known once the archive has passed
-that member's header, so `stat` of such a data file fetches its object. A mapped member that the
-object turns out not to hold (absent from its listing or its archive) reads as ENOENT and is
-hidden from listings once that is known, never an empty or wrong file.
+(`find`, `os.walk`, whose `is_dir()` would follow a link, `glob`) then use only what a listing
+gives, which is a data file's size only when it is known without a request or a download (its
+object committed, or its file listing known): they cost no download; reading one fetches its
+object as everywhere else, into the same cache. A data file's size is its member's: for an
+object stored on S3 it comes from the object's file listing (one request, no download), so
+`stat` and pybids indexing fetch no archive; for an archive-stored object it is known once the
+archive has passed that member's header, so `stat` of such a data file fetches its object. A
+mapped member that the object turns out not to hold (absent from its listing or its archive)
+reads as ENOENT and is hidden from listings once that is known, never an empty or wrong file.
 """
 
 from __future__ import annotations
@@ -23,21 +24,23 @@ from blfs.nodes import Attr, BytesFile, Node, directory
 
 class BidsDir(Node):
     """A directory of a BIDS view; `relpath` '' is the dataset's top. A data file is the node
-    `member_node` makes for its archive member (the object directory's own member node), left
-    out of listings once `presence` says the object lacks it (None: not known yet)."""
+    `member_node` makes for its archive member (the object directory's own member node), listed
+    with the attributes `known` gives for it when they are known without a request or a
+    download (else by name and type only, so that it is looked up when its size is wanted), and
+    left out once `known` says the object lacks it (NotFound)."""
 
     def __init__(
         self,
         dataset: Callable[[], Dataset],
         member_node: Callable[[Member], Node],
-        presence: Callable[[Member], bool | None],
+        known: Callable[[Member], Attr | None],
         relpath: str = "",
         mtime: float = 0.0,
     ) -> None:
         super().__init__(directory(mtime))
         self._dataset = dataset
         self._member_node = member_node
-        self._presence = presence
+        self._known = known
         self._relpath = relpath
 
     def _children(self) -> dict[str, Entry | None]:
@@ -53,25 +56,30 @@ class BidsDir(Node):
         entry = children[name]
         if entry is None:
             path = f"{self._relpath}/{name}" if self._relpath else name
-            return BidsDir(self._dataset, self._member_node, self._presence, path, self._attr.mtime)
+            return BidsDir(self._dataset, self._member_node, self._known, path, self._attr.mtime)
         return self._file(entry)
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # Only the type of a listed entry is used: a data file is listed without its size.
-        return [
-            (name, self._attr if entry is None else Attr(False, 0, self._attr.mtime))
-            for name, entry in self._children().items()
-            if self._presence_of(entry) is not False
-        ]
+        return self.listing()[0]
 
-    @property
-    def listing_is_stable(self) -> bool:
-        """Kept by the kernel once every data file's presence is known: until then one of them
-        may still leave the listing."""
-        return all(self._presence_of(entry) is not None for entry in self._children().values())
-
-    def _presence_of(self, entry: Entry | None) -> bool | None:
-        return self._presence(entry) if isinstance(entry, Member) else True
+    def listing(self) -> tuple[list[tuple[str, Attr]], bool]:
+        """Kept by the kernel once every data file is known: until then one of them may still
+        leave the listing."""
+        listed: list[tuple[str, Attr]] = []
+        all_known = True
+        for name, entry in self._children().items():
+            if entry is None:
+                listed.append((name, self._attr))
+            elif isinstance(entry, Generated):
+                listed.append((name, self._file(entry).attr()))
+            else:
+                try:
+                    attr = self._known(entry)
+                except NotFound:
+                    continue
+                all_known = all_known and attr is not None
+                listed.append((name, attr or Attr(False, 0, self._attr.mtime)))
+        return listed, all_known
 
     def _file(self, entry: Entry) -> Node:
         if isinstance(entry, Generated):

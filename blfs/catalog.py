@@ -116,6 +116,11 @@ def on_s3(record: Mapping[str, Any]) -> bool:
     return record.get("storage") == S3_STORAGE
 
 
+def _listable(record: Mapping[str, Any]) -> bool:
+    """Whether an object's files can be listed (with sizes) without a download."""
+    return on_s3(record) and bool(record.get("project"))
+
+
 def is_finished(task: dict[str, Any]) -> bool:
     return task.get("status") == "finished"
 
@@ -324,7 +329,7 @@ class Catalog:
         """An S3-stored object's file sizes by path, from one listing (no download) kept for
         good (the files of a stored object never change); None, without a request, for other
         storages, and when the listing is refused or missing (the download then decides)."""
-        if not on_s3(record) or not record.get("project"):
+        if not _listable(record):
             return None
 
         def fetch() -> dict[str, int] | None:
@@ -336,7 +341,10 @@ class Catalog:
         return self._cache.get(("member_sizes", record["_id"]), fetch, ttl=float("inf"))
 
     def known_member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
-        """The object's file sizes if they were already listed: never makes the request."""
+        """The object's file sizes if they were already listed: never makes the request (nor
+        looks for an answer `member_sizes` never asks for)."""
+        if not _listable(record):
+            return None
         return self._cache.known(("member_sizes", record["_id"]), ttl=float("inf"))
 
     def known_product_bytes(self, object_id: str) -> bytes | None:

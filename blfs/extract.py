@@ -40,7 +40,7 @@ class RawStream(Protocol):
     def read(self, n: int) -> bytes: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: trees of many objects are kept in memory
 class Member:
     """A member that passed every check, with a sanitised mode (full st_mode). Here `name` is
     the normalised path inside the object; ObjectContents hands out its last component

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import cachetools
 
-from blfs.archive import JOURNAL, Archive, JournalReader, JournalWriter
+from blfs.archive import JOURNAL, Archive, JournalReader, JournalWriter, Tree, relative
 from blfs.cache import DATA, INDEX, Cache, Pin, object_key, task_key
 from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError
 from blfs.extract import ArchiveStream, CountingReader, Member
@@ -35,7 +35,8 @@ __all__ = ["Downloads", "Handle", "Member", "ObjectContents", "ObjectFetcher", "
 
 log = logging.getLogger("blfs.fetch")
 
-_KEPT_ARCHIVES = 256  # complete member indexes kept in memory
+_KEPT_ARCHIVES = 256  # complete archives (members and files) kept in memory, for reads
+_KEPT_MEMBERS = 16_384  # members of committed objects' trees kept for listings (~4 MB)
 _KEPT_FAILURES = 20  # recent failures shown by progress()
 _FOLLOW_POLL = 0.05  # how often a follower looks at another process's download
 # Failures a later attempt may well not repeat, so they are not held against the key.
@@ -163,17 +164,52 @@ class ObjectFetcher:
         self._lock = threading.Lock()
         self._in_flight: dict[str, Archive] = {}
         self._complete: cachetools.LRUCache[str, Archive] = cachetools.LRUCache(_KEPT_ARCHIVES)
+        self._trees: cachetools.LRUCache[str, Tree] = cachetools.LRUCache(_KEPT_MEMBERS, len)
 
     def contents(self, object_id: str, expected_size: int | None = None) -> ObjectContents:
-        """The contents of an object; starts (or joins) its download without waiting for it."""
-        self.archive(object_id, expected_size)
-        return ObjectContents(self, object_id, expected_size)
+        """The contents of an object; starts (or joins) its download without waiting for it
+        unless the object is committed."""
+        contents = self.committed(object_id, expected_size)
+        if contents is None:
+            self.archive(object_id, expected_size)
+            contents = ObjectContents(self, object_id, expected_size)
+        return contents
+
+    def committed(self, object_id: str, expected_size: int | None = None) -> ObjectContents | None:
+        """The contents of a committed object, its members known at once; None (and nothing
+        started) while it is not committed. The members stay known in memory after an eviction
+        (stored objects never change); a read then fetches the object again."""
+        tree = self._committed_tree(object_id)
+        return None if tree is None else ObjectContents(self, object_id, expected_size, tree)
 
     def cached(self, object_id: str) -> bool:
         return self._cache.is_complete(object_key(object_id))
 
     def progress(self) -> list[dict[str, Any]]:
         return self._downloads.progress()
+
+    def _committed_tree(self, object_id: str) -> Tree | None:
+        """The members of a committed object, from memory or its index (no archive made: a
+        walk lists far more objects than reads keep archives for); None if not committed."""
+        with self._lock:
+            tree = self._trees.get(object_id)
+            if tree is not None or object_id in self._in_flight:
+                return tree
+            archive = self._complete.get(object_id)
+            if archive is not None:
+                tree = archive.tree
+            else:
+                index = self._cache.read_index(object_key(object_id))
+                if index is None:
+                    return None
+                tree = Tree.from_index(object_id, index)
+            self._keep_tree(object_id, tree)
+            return tree
+
+    def _keep_tree(self, object_id: str, tree: Tree) -> None:
+        """(Under the lock.) Keeps a committed object's tree, unless it alone exceeds the bound."""
+        if len(tree) <= _KEPT_MEMBERS:
+            self._trees[object_id] = tree
 
     def archive(self, object_id: str, expected_size: int | None) -> Archive:
         """The object's members: from memory, from the cache, or from a download it starts."""
@@ -187,6 +223,7 @@ class ObjectFetcher:
                 archive = Archive(object_id, Item.complete(self._cache, key, f"object {object_id}"))
                 archive.fill_from_index(index, self._cache.path(key) / DATA)
                 self._complete[object_id] = archive
+                self._keep_tree(object_id, archive.tree)
                 return archive
             if self._cache.path(key).exists():
                 self._cache.discard_damaged(key, "no readable index")
@@ -208,6 +245,7 @@ class ObjectFetcher:
                 del self._in_flight[archive.object_id]
             if archive.item.done and self._cache.is_complete(object_key(archive.object_id)):
                 self._complete[archive.object_id] = archive
+                self._keep_tree(archive.object_id, archive.tree)
 
     def _forget(self, archive: Archive) -> None:
         """Drops a stale in-memory archive (evicted by someone) so the next access refetches."""
@@ -433,23 +471,35 @@ class _Follower:
 
 
 class ObjectContents:
-    """The members of one object; every call waits (bounded) for the part of the stream it needs."""
+    """The members of one object: a committed object's from its tree at once, else every call
+    waits (bounded) for the part of the stream it needs."""
 
-    def __init__(self, fetcher: ObjectFetcher, object_id: str, expected_size: int | None) -> None:
+    def __init__(
+        self,
+        fetcher: ObjectFetcher,
+        object_id: str,
+        expected_size: int | None,
+        tree: Tree | None = None,
+    ) -> None:
         self._fetcher = fetcher
         self._object_id = object_id
         self._expected_size = expected_size
+        self._tree = tree
 
     def _archive(self) -> Archive:
         return self._fetcher.archive(self._object_id, self._expected_size)
 
     def lookup(self, relpath: str) -> Member:
         """A member ('' = the root); waits until its header has passed or the archive ended."""
-        return self._archive().lookup(relpath)
+        if self._tree is None:
+            return self._archive().lookup(relpath)
+        return self._tree.lookup(relative(relpath))
 
     def listdir(self, relpath: str) -> list[Member]:
         """A directory's members; waits for the whole archive (a partial list misleads cp -r)."""
-        return self._archive().listdir(relpath)
+        if self._tree is None:
+            return self._archive().listdir(relpath)
+        return self._tree.listdir(relative(relpath))
 
     def open(self, relpath: str) -> Handle:
         return self._fetcher.open(self._object_id, self._expected_size, relpath)

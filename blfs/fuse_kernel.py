@@ -55,6 +55,10 @@ FUSE_CAP_SPLICE_WRITE = 1 << 7
 FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
 FUSE_PARALLEL_DIROPS = 1 << 18  # the same capability as the kernel's INIT flag
 _INIT_OUT_FLAGS = 12  # offset of `flags` in `struct fuse_init_out`
+# Where an entry's name starts in a listing page (`struct fuse_dirent`, `struct fuse_direntplus`
+# of the kernel's ABI): an entry takes this plus its name, rounded up to 8 bytes.
+_NAME_OFFSET = 24
+_NAME_OFFSET_PLUS = 128 + _NAME_OFFSET
 
 _req = ctypes.c_void_p
 _ino = ctypes.c_uint64
@@ -263,7 +267,7 @@ class _ParallelLookups:
 Entry = tuple[str, dict[str, Any]]
 
 
-@dataclass
+@dataclass(slots=True)  # one per directory listed: a walk lists tens of thousands
 class _Listed:
     """When a directory was last listed to the kernel, the entries while it reads them, and
     whether the kernel may keep them."""
@@ -274,35 +278,43 @@ class _Listed:
 
 
 class _Inodes:
-    """The inode numbers the kernel holds, by path: counted per lookup, dropped when forgotten.
-    A path forgotten and looked up again gets a new number (numbers are never reused)."""
+    """The inode numbers the kernel holds, each a name in its parent's number: counted per
+    lookup, dropped when forgotten. A name forgotten and looked up again gets a new number
+    (numbers are never reused). A path is made from the chain of parents when asked for: a walk
+    of a big tree hands the kernel a number for every entry, and holding a whole path for each
+    took a fifth of the mount's memory."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._paths: dict[int, str] = {ROOT: "/"}
-        self._numbers: dict[str, int] = {"/": ROOT}
+        self._names: dict[int, tuple[int, str]] = {}  # number -> (parent's number, name)
+        self._numbers: dict[tuple[int, str], int] = {}
         self._counts: dict[int, int] = {}
         self._next = ROOT + 1
 
     def path(self, ino: int) -> str:
+        names = []
         try:
-            return self._paths[ino]
+            while ino != ROOT:
+                ino, name = self._names[ino]
+                names.append(name)
         except KeyError:
             raise mfusepy.FuseOSError(errno.ESTALE) from None
+        return "/" + "/".join(reversed(names))
 
     def child(self, parent: int, name: str) -> str:
         base = self.path(parent)
         return f"{base}{name}" if base == "/" else f"{base}/{name}"
 
-    def remember(self, paths: list[str]) -> list[int]:
-        """Numbers for `paths`, each counted as one more lookup held by the kernel."""
+    def remember(self, parent: int, names: list[str]) -> list[int]:
+        """Numbers for `names` in `parent`, each counted as one more lookup held by the kernel."""
         with self._lock:
             numbers = []
-            for path in paths:
-                ino = self._numbers.get(path)
+            for name in names:
+                key = (parent, name)
+                ino = self._numbers.get(key)
                 if ino is None:
-                    ino = self._numbers[path] = self._next
-                    self._paths[ino] = path
+                    ino = self._numbers[key] = self._next
+                    self._names[ino] = key
                     self._next += 1
                 self._counts[ino] = self._counts.get(ino, 0) + 1
                 numbers.append(ino)
@@ -316,23 +328,30 @@ class _Inodes:
                 self._counts[ino] = left
                 return False
             self._counts.pop(ino, None)
-            path = self._paths.pop(ino, None)
-            if path is not None and self._numbers.get(path) == ino:
-                del self._numbers[path]
+            key = self._names.pop(ino, None)
+            if key is not None and self._numbers.get(key) == ino:
+                del self._numbers[key]
             return True
 
 
-_this_thread = threading.local()
+_worker = threading.local()
 
 
-def _keep_thread_state() -> None:
-    """ctypes gives a callback from a thread Python did not start a thread state of its own,
-    made before and torn down after it: an mmap, a munmap and page faults on every request.
-    One more hold of the thread's GIL state keeps it for the life of the libfuse worker (whose
-    threads are never reaped: see `KernelMount`)."""
-    if not getattr(_this_thread, "state_kept", False):
-        ctypes.pythonapi.PyGILState_Ensure()
-        _this_thread.state_kept = True
+def _kept_thread_state(callback: Callable[..., None]) -> Callable[..., None]:
+    """A callback whose thread keeps its Python thread state between requests. ctypes gives a
+    thread Python did not start a new state for each callback and deletes it on return, with
+    the frame stack it maps: an mmap, an munmap and more per request, some tenth of a walk's
+    CPU. One more hold taken on the thread's first callback keeps its state for its life
+    (libfuse keeps its worker threads: see `_loop`)."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any) -> None:
+        if not getattr(_worker, "kept", False):
+            ctypes.pythonapi.PyGILState_Ensure()
+            _worker.kept = True
+        callback(*args)
+
+    return wrapper
 
 
 def _replying(handler: Callable[..., None]) -> Callable[..., None]:
@@ -340,7 +359,6 @@ def _replying(handler: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(handler)
     def wrapper(self: KernelMount, req: int, *args: Any) -> None:
-        _keep_thread_state()
         try:
             handler(self, req, *args)
         except OSError as exc:
@@ -377,7 +395,8 @@ class KernelMount:
         self._zero_message_opendir = False
         self._parallel_lookups = _ParallelLookups() if _ParallelLookups.needed(self._lib) else None
         self._callbacks = {
-            name: prototype(getattr(self, f"_{name}")) for name, prototype in _CALLBACKS.items()
+            name: prototype(_kept_thread_state(getattr(self, f"_{name}")))
+            for name, prototype in _CALLBACKS.items()
         }
 
     def serve(self) -> None:
@@ -420,8 +439,8 @@ class KernelMount:
 
     def _loop(self, session: int) -> int:
         """The multithreaded loop with a thread cap: a few waiting downloads must not freeze
-        the mount (libfuse 3.12+ defaults to 10 workers). Idle workers are kept, not reaped:
-        each holds its Python thread state (`_keep_thread_state`)."""
+        the mount (libfuse 3.12+ defaults to 10 workers). Idle workers are kept, not ended, so
+        that the thread states they keep (`_kept_thread_state`) are never left behind."""
         lib = ctypes.CDLL(_library_name())  # the loop waits for the kernel: without the GIL
         if hasattr(lib, "fuse_loop_cfg_create"):
             lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
@@ -473,9 +492,9 @@ class KernelMount:
 
     @_replying
     def _lookup(self, req: int, parent: int, name: bytes) -> None:
-        path = self._inodes.child(parent, os.fsdecode(name))
-        attrs = self._ops.getattr(path)
-        (ino,) = self._inodes.remember([path])
+        decoded = os.fsdecode(name)
+        attrs = self._ops.getattr(self._inodes.child(parent, decoded))
+        (ino,) = self._inodes.remember(parent, [decoded])
         self._lib.fuse_reply_entry(req, ctypes.byref(self._entry(attrs, ino)))
 
     def _forget(self, req: int, ino: int, count: int) -> None:
@@ -576,27 +595,31 @@ class KernelMount:
         listed = self._listing(ino, offset)
         entries = (listed.entries or [])[offset:]
         names = [os.fsencode(name) for name, _ in entries]
-        add = self._lib.fuse_add_direntry_plus if plus else self._lib.fuse_add_direntry
+        start = _NAME_OFFSET_PLUS if plus else _NAME_OFFSET
         fitting, used = 0, 0
         for name in names:
-            used += add(req, None, 0, name, None, 0)
-            if used > size:
+            length = (start + len(name) + 7) & ~7  # FUSE_DIRENT_ALIGN
+            if used + length > size:
                 break
+            used += length
             fitting += 1
-        if fitting == 0:
+        if fitting == 0:  # the empty page that tells the kernel the listing ended
             listed.entries = None  # read to its end: only its date is kept
+            self._lib.fuse_reply_buf(req, None, 0)
+            if not listed.stable:
+                self._forget_listing(ino)
+            return
         if plus:
             describe: Callable[[int], Any] = self._described_plus(ino, entries[:fitting])
         else:
             describe = lambda i: _type_only(entries[i][1])  # noqa: E731
-        page = ctypes.create_string_buffer(size)
+        add = self._lib.fuse_add_direntry_plus if plus else self._lib.fuse_add_direntry
+        page, room = ctypes.create_string_buffer(used), used
         used = 0
         for i in range(fitting):
             position = offset + i + 1
-            used += add(req, ctypes.byref(page, used), size - used, names[i], describe(i), position)
+            used += add(req, ctypes.byref(page, used), room - used, names[i], describe(i), position)
         self._lib.fuse_reply_buf(req, page, used)
-        if fitting == 0 and not listed.stable:
-            self._forget_listing(ino)
 
     def _listing(self, ino: int, offset: int) -> _Listed:
         """The listing from its start (offset 0), else the one being read."""
@@ -615,8 +638,8 @@ class KernelMount:
         """Entries with exact attributes are handed over with them, each a lookup the kernel
         now holds; the others by name and type only, so the kernel asks for them."""
         exact = [i for i, (_, attrs) in enumerate(entries) if "st_size" in attrs]
-        paths = [self._inodes.child(ino, entries[i][0]) for i in exact]
-        numbers = dict(zip(exact, self._inodes.remember(paths), strict=True))
+        held = self._inodes.remember(ino, [entries[i][0] for i in exact])
+        numbers = dict(zip(exact, held, strict=True))
 
         def describe(i: int) -> _EntryParam:
             if i in numbers:

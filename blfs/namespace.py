@@ -31,7 +31,7 @@ from blfs.nodes import (
     NamedDir,
     Node,
     directory,
-    json_bytes,
+    json_size,
 )
 from blfs.tree import Branch, datatype_dir, timestamp
 
@@ -107,8 +107,7 @@ class Namespace:
 
     def listing(self, path: str) -> tuple[list[tuple[str, Attr]], bool]:
         """The directory's entries, and whether a listing of it may be kept (see Node)."""
-        node = self._resolve(path)
-        return node.entries(), node.listing_is_stable
+        return self._resolve(path).listing()
 
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
@@ -117,7 +116,7 @@ class Namespace:
         """`_info.json`'s size, serialized once per record: a walk lists thousands of objects."""
         known = self._info_sizes.get(record["_id"])
         if known is None or known[0] is not record:
-            known = self._info_sizes[record["_id"]] = (record, len(json_bytes(record)))
+            known = self._info_sizes[record["_id"]] = (record, json_size(record))
         return known[1]
 
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -176,10 +175,10 @@ class Namespace:
         def member(entry: bids.Member) -> Member:
             return Member(self, entry.record, entry.member)
 
-        def presence(entry: bids.Member) -> bool | None:
-            return member(entry).known_presence()
+        def known(entry: bids.Member) -> Attr | None:
+            return member(entry).known_attr()
 
-        return BidsDir(dataset, member, presence, mtime=mtime)
+        return BidsDir(dataset, member, known, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         mtime = timestamp(instance.get("create_date"))
@@ -229,7 +228,8 @@ class ProjectDir(DirNode):
         return BytesFile(tsv if name == "participants.tsv" else sidecar or b"{}\n", mtime)
 
     def lookup(self, name: str) -> Node:
-        if name in self._made_names():
+        # The readability check reads the token: only for the names it can let through.
+        if name == STATES or (name in PARTICIPANTS and name in self._made_names()):
             return self._made(name)
         return super().lookup(name)
 
@@ -322,38 +322,33 @@ class Member(Node):
         self._record = record
         self._relpath = relpath
 
-    def _contents(self) -> ObjectContents:
+    def _archive_size(self) -> int | None:
         record = self._record
-        archive_size = None if on_s3(record) else record.get("size")  # else the files' total
-        return self._ns.objects.contents(record["_id"], expected_size=archive_size)
+        return None if on_s3(record) else record.get("size")  # else the files' total
 
-    def _listed_sizes(self) -> dict[str, int] | None:
-        """The listing, when it decides: asked for while the archive is not local, then used
-        for as long as it is known."""
-        catalog, record = self._ns.catalog, self._record
-        known = catalog.known_member_sizes(record)
-        if known is not None or self._ns.objects.cached(record["_id"]):
-            return known
-        return catalog.member_sizes(record)
+    def _contents(self) -> ObjectContents:
+        return self._ns.objects.contents(self._record["_id"], self._archive_size())
 
     def attr(self) -> Attr:
-        sizes = self._listed_sizes()
+        known = self.known_attr()
+        if known is not None:
+            return known
+        sizes = self._ns.catalog.member_sizes(self._record)  # asked while the archive is not local
         if sizes is not None:
             return _listed_attr(sizes, self._relpath, _created(self._record))
         return _member_attr(self._contents().lookup(self._relpath))
 
-    def known_presence(self) -> bool | None:
-        """Whether the object holds this path, as far as is known without asking the server or
-        for a download (its listing is known, or its archive is local); None while unknown."""
+    def known_attr(self) -> Attr | None:
+        """The attributes as far as they are known without asking the server or for a download:
+        from the object's file listing whenever it is known (so that a size once shown never
+        changes), else from its committed archive; None while unknown; NotFound when the object
+        is known not to hold this path."""
         record = self._record
-        known = self._ns.catalog.known_member_sizes(record) is not None
-        if not known and not self._ns.objects.cached(record["_id"]):
-            return None
-        try:
-            self.attr()
-        except NotFound:
-            return False
-        return True
+        sizes = self._ns.catalog.known_member_sizes(record)
+        if sizes is not None:
+            return _listed_attr(sizes, self._relpath, _created(record))
+        contents = self._ns.objects.committed(record["_id"], self._archive_size())
+        return None if contents is None else _member_attr(contents.lookup(self._relpath))
 
     def lookup(self, name: str) -> Node:
         return Member(self._ns, self._record, f"{self._relpath}/{name}" if self._relpath else name)

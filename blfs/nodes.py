@@ -92,18 +92,38 @@ def json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def json_size(value: Any) -> int:
+    """`len(json_bytes(value))` without the indented text, which only Python's slow encoder
+    writes (a walk lists thousands of records): the compact text, with the same separators,
+    from the C encoder, plus the line breaks and indents the indented one adds."""
+    compact = json.dumps(value, separators=(",", ": "), ensure_ascii=False)
+    return len(compact.encode("utf-8")) + _indents(value, 1) + 1
+
+
+def _indents(value: Any, level: int) -> int:
+    """The bytes `indent=2` adds within `value` at nesting `level`: a line break and the
+    level's indent before each item of a non-empty container, and before its closing bracket."""
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return 0
+    if not items:
+        return 0
+    total = len(items) * (1 + 2 * level) + 2 * level - 1
+    for item in items:
+        if isinstance(item, (dict, list, tuple)):
+            total += _indents(item, level + 1)
+    return total
+
+
 def directory(mtime: float = 0.0) -> Attr:
     return Attr(True, 0, mtime, exact=True)
 
 
 class Node:
-    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call.
-
-    `listing_is_stable` is False while a directory's entries may still change without any
-    metadata answer changing (a BIDS view before its objects are known): a listing of it must
-    not be kept (by the kernel)."""
-
-    listing_is_stable = True
+    """One path: a directory (lookup, entries) or a file (open). Cheap to make, made per call."""
 
     def __init__(self, attr: Attr) -> None:
         self._attr = attr
@@ -116,6 +136,12 @@ class Node:
 
     def entries(self) -> list[tuple[str, Attr]]:
         raise NotFound("not a directory")
+
+    def listing(self) -> tuple[list[tuple[str, Attr]], bool]:
+        """The entries, and whether a listing of them may be kept (by the kernel): not while
+        they may still change without any metadata answer changing (a BIDS view before its
+        objects are known)."""
+        return self.entries(), True
 
     def open(self) -> Handle:
         raise IsADirectory("is a directory")
@@ -147,7 +173,7 @@ class JsonFile(Node):
         self._value = value
 
     def attr(self) -> Attr:
-        return Attr(False, len(json_bytes(self._value)), self._attr.mtime, exact=True)
+        return Attr(False, json_size(self._value), self._attr.mtime, exact=True)
 
     def open(self) -> Handle:
         return BytesHandle(json_bytes(self._value))

@@ -396,6 +396,34 @@ def test_a_new_instance_serves_the_cache_without_requests(client, emulator, obje
     assert emulator.requests() == []
 
 
+def test_a_committed_objects_members_are_known_without_a_request_and_stay_known(
+    client, emulator, objects, tmp_path
+):
+    files = {"dwi.nii.gz": os.urandom(1000), "sub/": None, "sub/a.txt": b"a\n"}
+    emulator.put_archive(objects[0], tar_bytes(files))
+    root = tmp_path / "cache"
+    first = new_fetcher(client, root)
+    assert first.committed(objects[0]) is None
+    assert downloads(emulator, objects[0]) == 0  # asking starts nothing
+    first.contents(objects[0]).listdir("")
+    wait_for_commit(root, objects[0])
+    emulator.clear_requests()
+    second = new_fetcher(client, root)
+    contents = second.committed(objects[0])
+    assert [m.name for m in contents.listdir("")] == ["dwi.nii.gz", "sub"]
+    assert [(m.name, m.size) for m in contents.listdir("./sub/")] == [("a.txt", 2)]
+    assert contents.lookup("sub/a.txt").size == 2 and contents.lookup("sub").is_dir
+    with pytest.raises(NotFound):
+        contents.lookup("sub/b.txt")
+    with pytest.raises(NotFound):
+        contents.listdir("dwi.nii.gz")
+    assert emulator.requests() == []
+    Cache(root, 1 << 40).clear()  # evicted, as by another process
+    assert second.committed(objects[0]).lookup("dwi.nii.gz").size == 1000  # objects never change
+    assert read_all(second.contents(objects[0]), "dwi.nii.gz") == files["dwi.nii.gz"]
+    assert downloads(emulator, objects[0]) == 1  # the read fetched it again
+
+
 def test_access_denied_is_retried_at_once_server_errors_after_a_backoff(
     client, emulator, objects, tmp_path
 ):

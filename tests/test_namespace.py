@@ -20,7 +20,7 @@ from blfs.catalog import Catalog
 from blfs.errors import AccessDenied, NotFound, RemoteError
 from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
 from blfs.namespace import Namespace
-from blfs.nodes import Attr
+from blfs.nodes import Attr, json_bytes, json_size
 
 WAREHOUSE = "/api/warehouse"
 AMARETTI = "/api/amaretti"
@@ -226,6 +226,12 @@ def an_object_path(ns, emulator, project_name="Lab Private", datatype="neuro/ana
         d for d in shown_in_project(emulator, project_name) if datatypes[d["datatype"]] == datatype
     )
     return f"/projects/{project_name}/{expected_path(record, datatypes)}"
+
+
+def test_a_json_files_size_is_known_without_writing_it(emulator):
+    odd = [{}, [], {"a": [], "b": {}}, [[[]]], {"é": "ü", "k": [1.5, None, True, {"x": ({},)}]}]
+    for value in [*odd, "text", 3, None, *emulator.db("datasets"), *emulator.db("tasks")]:
+        assert json_size(value) == len(json_bytes(value)), value
 
 
 def test_info_json_is_the_record_without_download(ns, emulator):
@@ -696,6 +702,7 @@ def test_offline_with_the_server_gone(emulator_data, tmp_path):
 def test_a_bids_listing_may_be_kept_once_every_data_file_in_it_is_known(ns):
     anat = "/projects/Open Diffusion/bids/sub-0001/anat"
     assert ns.listing(anat)[1] is False  # an object not fetched yet may still lack a mapped file
+    assert any(not attr.exact for _, attr in ns.listing(anat)[0])  # its size is not known yet
     for name, _ in ns.readdir(anat):
         handle = ns.open(f"{anat}/{name}")
         handle.read(0, 1 << 16)
@@ -704,3 +711,5 @@ def test_a_bids_listing_may_be_kept_once_every_data_file_in_it_is_known(ns):
     while not ns.listing(anat)[1]:  # the commit comes after the reads, off their path
         assert time.monotonic() < deadline, "the listing never became stable"
         time.sleep(0.1)
+    for name, attr in ns.listing(anat)[0]:  # every size known now, and handed with the listing
+        assert attr.exact and attr.size == len(read_all(ns, f"{anat}/{name}")), name

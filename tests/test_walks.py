@@ -73,10 +73,14 @@ def test_new_and_removed_objects_show_in_kept_listings_after_the_ttl(
         root = mount.path / PROJECT
         before = walk(root)
         removed, neighbour = shown[0], shown[1]
+        (path,) = [line for line in before.splitlines() if line.endswith(f"/{removed['_id']}")]
+        assert (root / path / "_info.json").stat().st_size
         beside = new_object(neighbour, "fedcba987654321000000011")
         elsewhere = new_object(neighbour, "fedcba987654321000000012", meta={"subject": "zz-new"})
         server.put_records("datasets", [beside, elsewhere, {**removed, "removed": True}])
         time.sleep(1.5)
+        with pytest.raises(FileNotFoundError):  # a path looked up, not listed, is gone too
+            (root / path / "_info.json").stat()
         after = walk(root)
     assert f"/{beside['_id']}\n" in after and f"/{elsewhere['_id']}\n" in after
     assert "/sub-zz-new\n" in after
@@ -115,6 +119,35 @@ def test_a_restart_with_the_server_stopped_shows_what_was_known(emulator_data, u
                 os.listdir(second.path / "objects" / uncached["_id"])
             assert caught.value.errno in (errno.EIO, errno.ETIMEDOUT)
             wait_for_line(second, "unreachable")
+    finally:
+        process.stop()
+
+
+def ls_lr(root: Path) -> str:
+    listed = run("ls", "-lR", "--time-style=full-iso", ".", cwd=root, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
+def test_a_remount_lists_cached_objects_as_before_with_the_server_stopped_too(
+    emulator_data, user_home, tmp_path
+):
+    process = EmulatorProcess(emulator_data)
+    server = process.emulator
+    cache = tmp_path / "cache"
+    try:
+        save_token(user_home, server.url, server.token())
+        with mounted(server.url, user_home, cache_dir=cache) as first:
+            ls_lr(first.path / PROJECT)  # fetches every object
+            online = ls_lr(first.path / PROJECT)
+        assert "_product.json" in online and "bids" in online
+        with mounted(server.url, user_home, cache_dir=cache, name="again") as second:
+            server.clear_requests()
+            assert ls_lr(second.path / PROJECT) == online
+            assert [r["path"] for r in server.requests()] == []
+        process.stop()
+        with mounted(server.url, user_home, cache_dir=cache, name="offline") as third:
+            assert ls_lr(third.path / PROJECT) == online
     finally:
         process.stop()
 
