@@ -8,6 +8,7 @@ not rely on tarfile's `filter='data'`: Python 3.11.7 predates fixes to its bypas
 from __future__ import annotations
 
 import gzip
+import io
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -26,8 +27,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 # Deflate cannot expand data by more than about 1032:1, so this bounds a gzip archive's contents.
 DEFLATE_MAX_RATIO = 1032
 TAR_BLOCK = 512
-# tarfile reads its input in `bufsize` pieces: its 10 KiB default costs one HTTP read call each.
+# The archive is read from the network (or the decoder) in pieces this big.
 STREAM_BUFFER = 1 << 18
+# A GNU long name or pax header is read whole: real ones are a few KiB at most.
+_EXTENDED_HEADER_MAX = 1 << 20
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
@@ -115,6 +118,55 @@ class _Prefixed:
         return True
 
 
+class _Forward:
+    """The archive's bytes, read forward only: exact `read`s, `tell` and forward `seek` for
+    tarfile's headers, and `view` for member data, which hands on slices of the pieces the
+    source returned so that data reaches the disk without a copy in Python (tarfile's own
+    stream mode copies every byte three times)."""
+
+    def __init__(self, source: Callable[[int], bytes], label: str) -> None:
+        self._source = source
+        self._label = label
+        self._piece = memoryview(b"")
+        self._position = 0
+
+    def view(self, n: int) -> memoryview:
+        """The next 1 to `n` bytes (fewer at the end of a piece); empty only at the end."""
+        if not self._piece:
+            self._piece = memoryview(self._source(STREAM_BUFFER))
+        data, self._piece = self._piece[:n], self._piece[n:]
+        self._position += len(data)
+        return data
+
+    def read(self, n: int) -> bytes:
+        """Exactly `n` bytes, fewer only at the end (tarfile reads headers this way)."""
+        if n > _EXTENDED_HEADER_MAX:
+            raise BadArchive(f"{self._label}: refused archive: a {n}-byte extended header")
+        parts = []
+        while n > 0:
+            data = self.view(n)
+            if not data:
+                break
+            parts.append(data)
+            n -= len(data)
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        """Skips forward to `position` (tarfile skips each member's padding this way)."""
+        if whence != io.SEEK_SET or position < self._position:
+            raise io.UnsupportedOperation("the archive is read forward only")
+        while self._position < position and self.view(position - self._position):
+            pass
+        return self._position
+
+    def drain(self) -> None:
+        while self.view(STREAM_BUFFER):
+            pass
+
+
 class ArchiveStream:
     """One archive being read: yields safe members with their data, then verifies the end.
 
@@ -129,7 +181,8 @@ class ArchiveStream:
         head = self._read_head()
         self.gzipped = head == GZIP_MAGIC
         prefixed = _Prefixed(head, self._counter)
-        self._body: IO[bytes] = _GzipReader(fileobj=prefixed) if self.gzipped else prefixed  # type: ignore[assignment]
+        body: IO[bytes] = _GzipReader(fileobj=prefixed) if self.gzipped else prefixed  # type: ignore[assignment]
+        self._body = _Forward(body.read, label)
         ratio = DEFLATE_MAX_RATIO if self.gzipped else 1
         self.content_bound = None if limit is None else limit * ratio
         self._kinds: dict[str, bool] = {"": True}  # name -> is a directory
@@ -148,11 +201,12 @@ class ArchiveStream:
             head += chunk
         return head
 
-    def members(self) -> Iterator[tuple[Member, Callable[[int], bytes] | None]]:
+    def members(self) -> Iterator[tuple[Member, Callable[[int], memoryview] | None]]:
         """Safe members in archive order, each file with a `read(n)` for its data, which must
-        be read before the next member is asked for."""
+        be read to its end before the next member is asked for. tarfile reads the headers
+        (its seekable mode, which reads nothing else); we read the data."""
         with self._guard():
-            archive = tarfile.open(fileobj=self._body, mode="r|", bufsize=STREAM_BUFFER)  # noqa: SIM115
+            archive = tarfile.TarFile(fileobj=self._body, mode="r")  # type: ignore[arg-type]
         while True:
             with self._guard():
                 info = archive.next()
@@ -162,13 +216,20 @@ class ArchiveStream:
             for parent in parents:
                 yield parent, None
             if member is not None:
-                data = None if member.is_dir else archive.extractfile(info)
-                yield member, (None if data is None else self._guarded_reader(data))
+                yield member, (None if member.is_dir else self._data(member.size))
 
-    def _guarded_reader(self, data: IO[bytes]) -> Callable[[int], bytes]:
-        def read(n: int) -> bytes:
+    def _data(self, size: int) -> Callable[[int], memoryview]:
+        """A member's `size` bytes, which follow its header."""
+        left = size
+
+        def read(n: int) -> memoryview:
+            nonlocal left
+            if left <= 0 or n <= 0:
+                return memoryview(b"")
             with self._guard():
-                return data.read(n)
+                data = self._body.view(min(n, left))
+            left -= len(data)
+            return data
 
         return read
 
@@ -239,8 +300,7 @@ class ArchiveStream:
     def finish(self) -> int:
         """Drains the body to EOF (checking the gzip trailer) and verifies the byte count."""
         with self._guard():
-            while self._body.read(1 << 20):
-                pass
+            self._body.drain()
         while self._counter.read(1 << 20):
             pass
         if self._limit is not None and self._counter.count != self._limit:

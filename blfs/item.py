@@ -183,7 +183,7 @@ class Item:
     def make_dir(self, path: Path) -> None:
         self.spaced(0, lambda: path.mkdir(mode=DIR_MODE, exist_ok=True))
 
-    def fill(self, file: GrowingFile, fd: int, read: Callable[[int], bytes]) -> None:
+    def fill(self, file: GrowingFile, fd: int, read: Callable[[int], bytes | memoryview]) -> None:
         """Copies a source into a growing file chunk by chunk, waking readers after each."""
         while file.size is None or file.written < file.size:
             want = CHUNK if file.size is None else min(CHUNK, file.size - file.written)
@@ -192,7 +192,7 @@ class Item:
                 return
             self._append(file, fd, data)
 
-    def _append(self, file: GrowingFile, fd: int, data: bytes) -> None:
+    def _append(self, file: GrowingFile, fd: int, data: bytes | memoryview) -> None:
         self.check_running()
         offset = file.written
         self.spaced(len(data), lambda: _pwrite_all(fd, data, offset))
@@ -307,7 +307,7 @@ def _fresh(error: BlfsError) -> BlfsError:
         return error
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

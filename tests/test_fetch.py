@@ -47,10 +47,12 @@ fetcher.contents(object_id).listdir("")  # the end: committed (download threads 
 
 
 # -- helpers shared with test_cache.py -----------------------------------------------------------
-def tar_bytes(files: dict[str, bytes | None], gz: bool = False) -> bytes:
-    """A GNU tar of `files` (None = a directory), gzip-compressed if asked."""
+def tar_bytes(
+    files: dict[str, bytes | None], gz: bool = False, tar_format: int = tarfile.GNU_FORMAT
+) -> bytes:
+    """A tar of `files` (None = a directory), GNU unless told, gzip-compressed if asked."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as archive:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.mtime = 1_700_000_000
@@ -193,6 +195,22 @@ def test_members_are_byte_exact_with_sanitised_modes(client, emulator, objects, 
     assert handle.read(3 * MiB + 17, 10) == b""
     handle.release()
     assert downloads(emulator, objects[0]) == 1
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
+def test_long_names_in_extended_headers_are_read(client, emulator, objects, tmp_path, tar_format):
+    long_dir = "sub-" + "x" * 120
+    files = {
+        f"{long_dir}/{'y' * 150}.nii.gz": os.urandom(MiB + 3),
+        "dwi/ü.bvals": b"0 1000\n",
+        "b.txt": b"b" * 512,
+    }
+    emulator.put_archive(objects[0], tar_bytes(files, tar_format=tar_format))
+    contents = new_fetcher(client, tmp_path / "cache").contents(objects[0])
+
+    for name, data in files.items():
+        assert read_all(contents, name) == data
+    assert sorted(m.name for m in contents.listdir("")) == ["b.txt", "dwi", long_dir]
 
 
 def test_setuid_and_exec_bits_are_sanitised(client, emulator, objects, tmp_path):
