@@ -49,7 +49,17 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def shell(command: str) -> None:
-    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, timeout=3600)
+    """Runs a bash command. Its end is waited for without polling: a wait with a timeout polls
+    every 50 ms, which rounds every timing up to the next 50 ms (15% of a 0.3 s copy)."""
+    process = subprocess.Popen(["bash", "-o", "pipefail", "-c", command])
+    watchdog = threading.Timer(3600, process.kill)
+    watchdog.start()
+    try:
+        returncode = process.wait()
+    finally:
+        watchdog.cancel()
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, command)
 
 
 def row(what: str, blfs_value: float, baseline: float, unit: str = "s") -> None:
