@@ -189,7 +189,6 @@ def _library() -> ctypes.PyDLL:
         "fuse_reply_attr": (ctypes.c_int, [_req, p(mfusepy.c_stat), ctypes.c_double]),
         "fuse_reply_open": (ctypes.c_int, [_req, _file_info_p]),
         "fuse_reply_buf": (ctypes.c_int, [_req, ctypes.c_void_p, ctypes.c_size_t]),
-        "fuse_reply_data": (ctypes.c_int, [_req, p(_BufVec), ctypes.c_int]),
         "fuse_reply_statfs": (ctypes.c_int, [_req, p(mfusepy.c_statvfs)]),
         "fuse_add_direntry": (
             ctypes.c_size_t,
@@ -262,6 +261,15 @@ class _ParallelLookups:
                 flags.value |= FUSE_PARALLEL_DIROPS
         # With `use_errno` on both sides, a failed write's errno reaches libfuse.
         return self._libc.writev(fd, iov, count)
+
+
+def _data_reply(library: str) -> Any:
+    """`fuse_reply_data`, called with the GIL released: it copies up to a MiB of file data into
+    the kernel, and the download thread feeding a reader of a growing file runs meanwhile."""
+    reply = ctypes.CDLL(library).fuse_reply_data
+    reply.restype = ctypes.c_int
+    reply.argtypes = [_req, ctypes.POINTER(_BufVec), ctypes.c_int]
+    return reply
 
 
 Entry = tuple[str, dict[str, Any]]
@@ -388,6 +396,7 @@ class KernelMount:
         self._ttl = ttl
         self._max_threads = max_threads
         self._lib = _library()
+        self._reply_data = _data_reply(_library_name())
         self._inodes = _Inodes()
         self._listed: dict[int, _Listed] = {}
         self._listed_lock = threading.Lock()
@@ -549,7 +558,7 @@ class KernelMount:
             return
         flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
         span = _Buf(size=piece.length, flags=flags, fd=piece.fd, pos=piece.offset)
-        self._lib.fuse_reply_data(req, ctypes.byref(_BufVec(count=1, buf=(span,))), 0)
+        self._reply_data(req, ctypes.byref(_BufVec(count=1, buf=(span,))), 0)
 
     @_replying
     def _release(self, req: int, ino: int, fi: Any) -> None:
