@@ -48,6 +48,12 @@ REFRESH_RETRY_AFTER = 60.0
 DOWN_WINDOW = 30.0
 # A server that takes longer than this to accept a connection is not going to answer soon.
 CONNECT_TIMEOUT = 10.0
+# A read of a body waits for all it asks, so it asks for what the link brings in about this
+# long (at the rate seen so far), within these bounds: 1 MiB reads on a fast link cost a
+# quarter of 256 KiB ones per byte; 64 KiB ones keep the first bytes early on a slow link.
+_READ_SECONDS = 0.05
+_READ_MIN = 1 << 16
+_READ_MAX = 1 << 20
 # Where a CA bundle for a server's certificate can be given, as requests and OpenSSL read it.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 # Server messages (HTTP 500 bodies) meaning "no access" and "no such thing" (API §2, §4, §5).
@@ -128,10 +134,17 @@ class Download:
         length = response.headers.get("Content-Length")
         self.length: int | None = int(length) if length and length.isdigit() else None
         self.bytes_read = 0
+        self._read_size = _READ_MIN
 
     def read(self, n: int) -> bytes:
+        """The next 1 to `n` bytes (b"" at the end), in reads sized to the link's rate.
+
+        Not read1: over TLS it returns one 16 KiB record at a time (measured: 18,000 pieces
+        and twice the CPU for 300 MB), where a sized read gathers the records in C."""
+        want = min(n, self._read_size)
+        start = time.monotonic()
         try:
-            data = self._response.raw.read(n, decode_content=False)
+            data = self._response.raw.read(want, decode_content=False)
         except urllib3.exceptions.ReadTimeoutError as exc:
             raise RemoteTimeout(f"{self.url}: no data for too long after {self._done()}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -139,6 +152,8 @@ class Download:
         if not data and n and self.length is not None and self.bytes_read < self.length:
             raise RemoteError(f"{self.url}: download broke off after {self._done()}")
         self.bytes_read += len(data)
+        rate = len(data) / max(time.monotonic() - start, 1e-6)
+        self._read_size = min(max(int(rate * _READ_SECONDS), _READ_MIN), _READ_MAX)
         return data
 
     def _done(self) -> str:

@@ -27,8 +27,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 # Deflate cannot expand data by more than about 1032:1, so this bounds a gzip archive's contents.
 DEFLATE_MAX_RATIO = 1032
 TAR_BLOCK = 512
-# The archive is read from the network (or the decoder) in pieces this big.
-STREAM_BUFFER = 1 << 18
+# The archive is read from the network (or the decoder) in pieces of up to this size.
+STREAM_BUFFER = 1 << 20
 # A GNU long name or pax header is read whole: real ones are a few KiB at most.
 _EXTENDED_HEADER_MAX = 1 << 20
 FILE_MODE = stat.S_IFREG | 0o444

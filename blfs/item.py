@@ -25,7 +25,9 @@ from blfs.private import DIR_MODE, FILE_MODE
 
 log = logging.getLogger("blfs.fetch")
 
-CHUNK = 1 << 18  # readers wake after each chunk: small enough for an early first byte
+# The most written (and readers woken) at once: a download hands its bytes on as they arrive
+# (api.Download.read), in pieces as big as a fast link fills and as small as a slow one brings.
+CHUNK = 1 << 20
 _WAKE = 1.0  # waiters look at the download's byte count at least this often
 T = TypeVar("T")
 
