@@ -36,7 +36,7 @@ __all__ = ["Downloads", "Handle", "Member", "ObjectContents", "ObjectFetcher", "
 log = logging.getLogger("blfs.fetch")
 
 _KEPT_ARCHIVES = 256  # complete archives (members and files) kept in memory, for reads
-_KEPT_MEMBERS = 16_384  # members of committed objects' trees kept for listings (~4 MB)
+_KEPT_MEMBERS = 4_096  # members of committed objects' trees kept for listings (~1 MB)
 _KEPT_FAILURES = 20  # recent failures shown by progress()
 _FOLLOW_POLL = 0.05  # how often a follower looks at another process's download
 # Failures a later attempt may well not repeat, so they are not held against the key.
