@@ -29,7 +29,7 @@ MiB = 1 << 20
 
 # A reader in another process: prints the sha256 of one member, read through its own fetcher.
 CHILD = """
-import hashlib, sys
+import hashlib, sys, time
 from pathlib import Path
 from blfs.api import Client
 from blfs.auth import TokenStore
@@ -42,7 +42,10 @@ handle = fetcher.contents(object_id).open(member)
 print("open", flush=True)
 size = fetcher.contents(object_id).lookup(member).size
 print(hashlib.sha256(handle.read(0, size)).hexdigest(), flush=True)
-fetcher.contents(object_id).listdir("")  # the end: committed (download threads are daemons)
+fetcher.contents(object_id).listdir("")  # the archive is verified; its commit follows
+deadline = time.monotonic() + 30  # the download threads are daemons: do not end before it
+while not settled(Path(cache_dir), object_key(object_id)) and time.monotonic() < deadline:
+    time.sleep(0.02)
 """
 
 
