@@ -11,12 +11,13 @@ I/O, so what a view shows is a function of the records it is given.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from blfs.nodes import json_bytes
 
 BIDS_VERSION = "1.10.0"
 META_MAP = "_meta_"
@@ -69,10 +70,6 @@ def app_of(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def pipeline_name(task: Mapping[str, Any]) -> str:
     """A derivative folder: the app repository with "/" as "." (the warehouse's name for it)."""
     return str(task.get("service") or "unknown").replace("/", ".")
-
-
-def json_text(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -172,7 +169,7 @@ def object_files(
         for entry in item.maps:
             path = f"{directory}{stem}_{entry['dest']}"
             if entry["src"] == META_MAP:
-                files[path] = Generated(json_text(sidecar(record, site)))
+                files[path] = Generated(json_bytes(sidecar(record, site)))
                 continue
             member = resolve_source(str(entry["src"]), datatype)
             if member is not None:
@@ -193,7 +190,7 @@ def participants(
         values = [_cell(row.get(column)) for column in columns]
         lines.append("\t".join([f"sub-{subject}", *values]))
     described = (table or {}).get("columns") or {}
-    sidecar_bytes = json_text({c: described[c] for c in columns}) if columns else None
+    sidecar_bytes = json_bytes({c: described[c] for c in columns}) if columns else None
     return ("\n".join(lines) + "\n").encode("utf-8"), sidecar_bytes
 
 
@@ -239,7 +236,7 @@ def derivative_descriptions(records: Iterable[Mapping[str, Any]]) -> dict[str, G
             "GeneratedBy": generated_by,
         }
         path = f"derivatives/{pipeline_name({'service': service})}/dataset_description.json"
-        files[path] = Generated(json_text(value))
+        files[path] = Generated(json_bytes(value))
     return files
 
 
@@ -291,7 +288,7 @@ def dataset_files(
     table, columns = participants(subjects, source.participants)
     top = {
         "dataset_description.json": Generated(
-            json_text(description(source.name, source.url, release=source.release))
+            json_bytes(description(source.name, source.url, release=source.release))
         ),
         "README": Generated(source.readme.encode("utf-8")),
         "participants.tsv": Generated(table),
