@@ -291,18 +291,18 @@ class Cache:
             return self._evict_until(enough)
 
     def commit(self, staging: Staging, size: int) -> Path:
-        """Renames the staged entry into place (atomically) and returns its final path."""
+        """(Under the cache lock: the caller holds `locked()`, so that it can make the rename
+        atomic with its own state too.) Renames the staged entry into place and returns its
+        final path."""
         final = self.root / staging.key
-        with self.locked():
-            if staging.key.startswith("objects/") and self.read_index(staging.key) is not None:
-                shutil.rmtree(staging.path, ignore_errors=True)  # another writer finished first
-            else:
-                self._remove(staging.key)  # a damaged leftover, if any
-                private_dir(final.parent)
-                self._admit(staging.key, size)
-                os.replace(staging.path, final)
-            staging.lock.release(unlink=True)
-        self.touch(staging.key)
+        if staging.key.startswith("objects/") and self.read_index(staging.key) is not None:
+            shutil.rmtree(staging.path, ignore_errors=True)  # another writer finished first
+        else:
+            self._remove(staging.key)  # a damaged leftover, if any
+            private_dir(final.parent)
+            self._admit(staging.key, size)
+            os.replace(staging.path, final)
+        staging.lock.release(unlink=True)
         return final
 
     def discard(self, staging: Staging) -> None:

@@ -225,12 +225,14 @@ class Item:
             self.cond.notify_all()
 
     def commit(self, size: int, moved: Callable[[Path], None]) -> Path:
-        """Publishes the staged entry; `moved(final path)` runs while no reader can open."""
+        """Publishes the staged entry; `moved(final path)` runs while no reader can open. The
+        cache lock is taken first: readers never wait while another process holds it."""
         assert self.staging is not None
-        with self.cond:
+        with self.cache.locked(), self.cond:
             final = self.cache.commit(self.staging, size)
             moved(final)
             self.staging = None
+        self.cache.touch(self.key)
         return final
 
     def fail(self, error: BlfsError) -> bool:

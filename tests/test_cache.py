@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from test_fetch import (
 
 from blfs.cache import Cache, object_key
 from blfs.errors import CacheFull
+from blfs.item import GrowingFile, Item
 
 # The fixtures of test_fetch, shared by name.
 home, client, objects = test_fetch.home, test_fetch.client, test_fetch.objects
@@ -205,7 +207,9 @@ def put(cache: Cache, object_id: str, size: int) -> None:
     cache.reserve(staging, size)
     index = {"version": 1, "bytes": size, "members": [["f", size, 0o100444, 0.0]]}
     (staging.path / "index.json").write_text(json.dumps(index))
-    cache.commit(staging, size)
+    with cache.locked():
+        cache.commit(staging, size)
+    cache.touch(staging.key)
 
 
 def on_disk(root: Path) -> set[str]:
@@ -239,6 +243,33 @@ put(Cache(Path({str(root)!r}), 1 << 30), "b", 1000)
     assert cache.usage()[0] == 1100
     cache.clear([object_key("b")])
     assert Cache(root, 1 << 30).usage()[0] == 100
+
+
+def test_readers_of_an_item_open_its_files_while_its_commit_waits_for_another_cache_lock(
+    tmp_path,
+):
+    root = tmp_path / "cache"
+    cache, other = Cache(root, 1 << 30), Cache(root, 1 << 30)
+    item = Item(cache, object_key("c" * 24), "object c", stall_timeout=60.0)
+    staged = item.stage(4, directory=True)
+    (staged / "f").write_bytes(b"data")
+    file = GrowingFile(staged / "f", 4, 4)
+    moved = lambda final: setattr(file, "path", final / "f")  # noqa: E731
+    committing = threading.Thread(target=item.commit, args=(4, moved), daemon=True)
+    with other.locked():
+        committing.start()
+        time.sleep(0.5)  # the commit is waiting for the lock `other` holds
+        opened: list[int] = []
+        opener = threading.Thread(target=lambda: opened.append(item.open(file)), daemon=True)
+        opener.start()
+        opener.join(timeout=20)
+        assert opened, "a reader waited for the cache lock another instance held"
+        assert committing.is_alive()
+        assert os.read(opened[0], 10) == b"data"
+        os.close(opened[0])
+    committing.join(timeout=60)
+    assert file.path == root / object_key("c" * 24) / "f"
+    assert file.path.read_bytes() == b"data"
 
 
 def test_the_bound_holds_with_two_instances_committing_in_turn(tmp_path):
