@@ -71,6 +71,7 @@ class Downloads:
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)
         self._running: dict[Hashable, Item] = {}
         self._failed_recently: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=_KEPT_FAILURES
@@ -125,7 +126,21 @@ class Downloads:
             with self._lock:
                 if self._running.get(table_key) is item:
                     del self._running[table_key]
+                self._ended.notify_all()
             ended()
+
+    def settle(self, timeout: float) -> bool:
+        """Waits up to `timeout` for the downloads that have every byte to be committed, so
+        that an unmount right after a copy keeps what it fetched (downloads still arriving are
+        left: their staging is removed at the next start). Returns whether none is left."""
+
+        def committed() -> bool:
+            return not any(item.owner and item.done for item in self._running.values())
+
+        with self._ended:
+            if not committed():
+                log.info("keeping the downloads that are complete before exiting")
+            return self._ended.wait_for(committed, timeout)
 
     def _ended_with(self, item: Item, error: BlfsError) -> None:
         if not item.fail(error) and item.done:

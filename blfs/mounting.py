@@ -166,7 +166,7 @@ def offline_metadata(cache_dir: Path) -> bool:
 
 def _serve(options: MountOptions, client: Client) -> None:
     libfuse3 = _use_libfuse3()
-    from blfs.cache import Cache
+    from blfs.cache import LOCK_WAIT, Cache
     from blfs.catalog import Catalog
     from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
     from blfs.fuse_ops import BlfsOperations
@@ -203,6 +203,7 @@ def _serve(options: MountOptions, client: Client) -> None:
         _run_fuse(BlfsOperations(namespace, shared=options.share), options, fuse_options, libfuse3)
     finally:
         publisher.close()
+        downloads.settle(LOCK_WAIT)
 
 
 def _run_fuse(

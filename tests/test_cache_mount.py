@@ -101,6 +101,17 @@ def test_two_mounts_on_one_cache_download_once(mount_factory, emulator):
     assert downloads(emulator, obj["_id"]) == 1
 
 
+def test_an_unmount_right_after_a_read_keeps_the_object(replace_archive, mount_factory, emulator):
+    (obj,) = sized_objects(replace_archive, emulator, 1, 64 * MiB)
+    first = mount_factory()
+    data = (first.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
+    mountinfo.unmount(first.path)
+    first.process.wait(60)
+    second = mount_factory(cache_dir=first.cache_dir)
+    assert (second.path / "objects" / obj["_id"] / "blob.bin").read_bytes() == data
+    assert downloads(emulator, obj["_id"]) == 1
+
+
 def test_offline_cached_content_stays_readable(tmp_path, emulator_data, user_home):
     from mount_fixtures import mounted, save_token
 

@@ -590,3 +590,26 @@ def test_a_second_process_reads_the_bytes_as_they_arrive(client, emulator, objec
         first.release()
     assert opened < 4
     assert downloads(emulator, objects[0]) == 1
+
+
+def test_settling_waits_for_the_commit_of_a_complete_download_only(tmp_path):
+    downloads = Downloads(Cache(tmp_path / "cache", 1 << 30))
+    committing, arriving = threading.Event(), threading.Event()
+
+    def start(key: str, complete: bool, release: threading.Event) -> None:
+        item = downloads.new_item(key, key)
+
+        def work() -> None:
+            item.owner = True
+            if complete:
+                item.finish()  # every byte is there: what is left is its commit
+            release.wait(30)
+
+        downloads.start(key, item, work, lambda: None)
+
+    start("complete", True, committing)
+    start("arriving", False, arriving)
+    assert downloads.settle(0.3) is False  # the complete one is still committing
+    committing.set()
+    assert downloads.settle(10) is True  # the one still arriving is not waited for
+    arriving.set()
