@@ -102,7 +102,7 @@ def test_two_mounts_on_one_cache_download_once(mount_factory, emulator):
 
 
 def test_an_unmount_right_after_a_read_keeps_the_object(replace_archive, mount_factory, emulator):
-    (obj,) = sized_objects(replace_archive, emulator, 1, 64 * MiB)
+    (obj,) = sized_objects(replace_archive, emulator, 1, 16 * MiB)
     first = mount_factory()
     data = (first.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
     mountinfo.unmount(first.path)
