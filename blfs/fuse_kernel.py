@@ -16,7 +16,7 @@ operations of `fuse_ops.BlfsOperations`, adding what only the low level can give
 - `readdirplus` hands each entry's attributes with the listing when they are exact (an entry
   whose size is not known yet is listed by name and type only, so the kernel asks for it);
 - entry and attribute timeouts equal the TTL on every reply;
-- lookups in one directory run in parallel (`_ParallelLookups`), and file bytes go from the
+- lookups in one directory run in parallel (`_ReplyHook`), and file bytes go from the
   cache file to the kernel by splice.
 
 Calls left out (`access`, `flush`, `getxattr`…) are answered by libfuse in C or remembered by
@@ -33,6 +33,7 @@ import functools
 import logging
 import os
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ import mfusepy
 from blfs.errors import BlfsError
 from blfs.fuse_ops import BlfsOperations
 from blfs.nodes import FileSpan
+from blfs.passthrough import FOPEN_PASSTHROUGH, FUSE_PASSTHROUGH, MAX_STACK_DEPTH, Passthrough
 
 log = logging.getLogger("blfs")
 
@@ -54,7 +56,9 @@ FUSE_CAP_PARALLEL_DIROPS = 1 << 18
 FUSE_CAP_SPLICE_WRITE = 1 << 7
 FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
 FUSE_PARALLEL_DIROPS = 1 << 18  # the same capability as the kernel's INIT flag
-_INIT_OUT_FLAGS = 12  # offset of `flags` in `struct fuse_init_out`
+FUSE_INIT_EXT = 1 << 30
+# Offsets in `struct fuse_init_out` (the 64 bytes libfuse sends to kernels of protocol ≥ 7.23).
+_INIT_OUT_FLAGS, _INIT_OUT_FLAGS2, _INIT_OUT_STACK_DEPTH = 12, 32, 36
 # Where an entry's name starts in a listing page (`struct fuse_dirent`, `struct fuse_direntplus`
 # of the kernel's ABI): an entry takes this plus its name, rounded up to 8 bytes.
 _NAME_OFFSET = 24
@@ -215,23 +219,27 @@ def _library() -> ctypes.PyDLL:
     return lib
 
 
-class _ParallelLookups:
-    """Tells the kernel that lookups in one directory may run in parallel, which libfuse 3.13 to
-    3.17.0 never does: it computes the flag and leaves it out of its INIT reply. The kernel then
-    sends one lookup per directory at a time, and a `stat` of a member waiting for its archive
-    holds up `_info.json` beside it for a whole stall timeout.
+class _ReplyHook:
+    """Completes libfuse's INIT reply with what libfuse 3.13 to 3.17.0 cannot ask for:
+    - that lookups in one directory may run in parallel: those versions compute the flag and
+      leave it out of the reply. The kernel then sends one lookup per directory at a time, and
+      a `stat` of a member waiting for its archive holds up `_info.json` beside it for a whole
+      stall timeout;
+    - backing files (`passthrough`), which those versions do not know of.
 
-    libfuse writes its replies through a hook (`fuse_session_custom_io`). This one adds the flag
-    to the first reply, which is INIT's (the kernel asks nothing else before it), and hands every
+    libfuse writes its replies through a hook (`fuse_session_custom_io`). This one completes
+    the first reply, which is INIT's (the kernel asks nothing else before it), and hands every
     reply to libc's `writev`. Requests are read by libc's `read`, and file data is spliced by
     libc's `splice`, themselves: their arguments lead the hooks'."""
 
-    def __init__(self) -> None:
+    def __init__(self, backing_files: bool) -> None:
+        self.backing_files = backing_files
         self._libc = libc = ctypes.PyDLL(None, use_errno=True)  # a reply is one quick write
         self._libc.writev.restype = ctypes.c_ssize_t
         self._libc.writev.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_int]
         self._init_reply_pending = True
         self._kernel_offers = False
+        self.fd = -1  # the session's /dev/fuse descriptor, once installed
         reader, splicer = (ctypes.cast(f, ctypes.c_void_p).value for f in (libc.read, libc.splice))
         self._writer = _WRITEV(self._writev)  # libfuse keeps a copy of the pointer only
         self._io = _CustomIo(writev=self._writer, read=reader, splice_send=splicer)
@@ -245,8 +253,8 @@ class _ParallelLookups:
     def install(self, lib: ctypes.CDLL, session: int) -> None:
         lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
         lib.fuse_session_custom_io.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        fd = lib.fuse_session_fd(session)
-        if lib.fuse_session_custom_io(session, ctypes.byref(self._io), fd) != 0:
+        self.fd = lib.fuse_session_fd(session)
+        if lib.fuse_session_custom_io(session, ctypes.byref(self._io), self.fd) != 0:
             raise BlfsError("libfuse refused its reply hook")
 
     def kernel_offers(self, capable: int) -> None:
@@ -256,11 +264,21 @@ class _ParallelLookups:
     def _writev(self, fd: int, iov: Any, count: int, userdata: int) -> int:
         if self._init_reply_pending:
             self._init_reply_pending = False
-            if self._kernel_offers and count >= 2 and iov[1].length >= _INIT_OUT_FLAGS + 4:
-                flags = ctypes.c_uint32.from_address(iov[1].base + _INIT_OUT_FLAGS)
-                flags.value |= FUSE_PARALLEL_DIROPS
+            if count >= 2:
+                self._complete_init(iov[1].base, iov[1].length)
         # With `use_errno` on both sides, a failed write's errno reaches libfuse.
         return self._libc.writev(fd, iov, count)
+
+    def _complete_init(self, reply: int, length: int) -> None:
+        """Adds to `struct fuse_init_out` the flags a kernel that does not know them ignores."""
+        if length < _INIT_OUT_STACK_DEPTH + 4:
+            return
+        flags = ctypes.c_uint32.from_address(reply + _INIT_OUT_FLAGS)
+        if self._kernel_offers:
+            flags.value |= FUSE_PARALLEL_DIROPS
+        if self.backing_files and flags.value & FUSE_INIT_EXT:  # `flags2` is read only then
+            ctypes.c_uint32.from_address(reply + _INIT_OUT_FLAGS2).value |= FUSE_PASSTHROUGH >> 32
+            ctypes.c_uint32.from_address(reply + _INIT_OUT_STACK_DEPTH).value = MAX_STACK_DEPTH
 
 
 def _data_reply(library: str) -> Any:
@@ -389,6 +407,7 @@ class KernelMount:
         *,
         ttl: float,
         max_threads: int = 64,
+        passthrough: bool = True,
     ) -> None:
         self._ops = operations
         self._mountpoint = mountpoint
@@ -402,7 +421,8 @@ class KernelMount:
         self._listed_lock = threading.Lock()
         self._session: int | None = None
         self._zero_message_opendir = False
-        self._parallel_lookups = _ParallelLookups() if _ParallelLookups.needed(self._lib) else None
+        self._passthrough = Passthrough()
+        self._reply_hook = _ReplyHook(passthrough) if _ReplyHook.needed(self._lib) else None
         self._callbacks = {
             name: prototype(_kept_thread_state(getattr(self, f"_{name}")))
             for name, prototype in _CALLBACKS.items()
@@ -423,8 +443,10 @@ class KernelMount:
         try:
             if self._lib.fuse_session_mount(session, os.fsencode(self._mountpoint)) != 0:
                 raise BlfsError(f"cannot mount at {self._mountpoint}")
-            if self._parallel_lookups:
-                self._parallel_lookups.install(self._lib, session)
+            if self._reply_hook:
+                self._reply_hook.install(self._lib, session)
+                if self._reply_hook.backing_files:
+                    self._passthrough.start(self._reply_hook.fd)
             try:
                 self._run(session)
             finally:
@@ -471,8 +493,8 @@ class KernelMount:
     # --- names and attributes ---------------------------------------------------------------
 
     def _init(self, userdata: int, conn: Any) -> None:
-        if self._parallel_lookups:
-            self._parallel_lookups.kernel_offers(conn.contents.capable)
+        if self._reply_hook:
+            self._reply_hook.kernel_offers(conn.contents.capable)
         self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
         conn.contents.want |= conn.contents.capable & FUSE_CAP_SPLICE_WRITE
 
@@ -541,9 +563,23 @@ class KernelMount:
 
     @_replying
     def _open(self, req: int, ino: int, fi: Any) -> None:
+        """A complete file is opened on its cache file for the kernel to read by itself, where
+        it can (see `passthrough`); any other through this process."""
         path = self._inodes.path(ino)
         self._ops.open(path, fi.contents)
-        if self._lib.fuse_reply_open(req, fi) == -errno.ENOENT:  # the open was interrupted
+        fh = fi.contents.fh
+        try:
+            backing_id = self._passthrough.open(ino, fh, self._ops.backing_fd(fi.contents))
+        except OSError:
+            self._ops.release(path, fi.contents)
+            raise
+        if backing_id is None:
+            result = self._lib.fuse_reply_open(req, fi)
+        else:
+            reply = struct.pack("QIi", fh, FOPEN_PASSTHROUGH, backing_id)  # struct fuse_open_out
+            result = self._lib.fuse_reply_buf(req, reply, len(reply))
+        if result == -errno.ENOENT:  # the open was interrupted
+            self._passthrough.release(fh)
             with contextlib.suppress(OSError):  # answered already: nothing more to tell
                 self._ops.release(path, fi.contents)
 
@@ -562,6 +598,7 @@ class KernelMount:
 
     @_replying
     def _release(self, req: int, ino: int, fi: Any) -> None:
+        self._passthrough.release(fi.contents.fh)
         self._ops.release(self._inodes.path(ino), fi.contents)
         self._lib.fuse_reply_err(req, 0)
 

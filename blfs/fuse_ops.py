@@ -150,6 +150,10 @@ class BlfsOperations(mfusepy.Operations):
         """What `read` returns, or where on disk it is (for a reply that splices it)."""
         return self._handles[fi.fh].read_piece(offset, size)
 
+    def backing_fd(self, fi: Any) -> int | None:
+        """The descriptor of an open complete file, for a kernel that reads it by itself."""
+        return self._handles[fi.fh].backing_fd()
+
     @_errno_mapped
     def release(self, path: str, fi: Any) -> int:
         handle = self._handles.pop(fi.fh, None)

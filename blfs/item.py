@@ -292,6 +292,9 @@ class FileHandle:
             raise BadArchive(f"{self._item.describe()}: {file.path.name} ended early")
         return FileSpan(self._fd, offset, max(0, min(size, file.written - offset)))
 
+    def backing_fd(self) -> int | None:
+        return self._fd if self.complete else None
+
     def release(self) -> None:
         if self._fd is None:
             return

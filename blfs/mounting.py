@@ -82,6 +82,11 @@ class MountOptions:
         return args
 
 
+# Ours, not libfuse's: complete files are read through this process even where the kernel could
+# read their cache files by itself (see blfs/passthrough.py).
+NO_PASSTHROUGH = "nopassthrough"
+
+
 def parse_fuse_options(text: str) -> dict[str, str | bool]:
     options: dict[str, str | bool] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -214,11 +219,12 @@ def _run_fuse(
 ) -> None:
     """libfuse 3 through our low-level binding (the kernel keeps listings and attributes);
     libfuse 2 through mfusepy's path API, with the same timeouts."""
+    passthrough = not fuse_options.pop(NO_PASSTHROUGH, False)
     if libfuse3:
         from blfs.fuse_kernel import KernelMount
 
         point, text = str(options.mountpoint), format_fuse_options(fuse_options)
-        KernelMount(operations, point, text, ttl=options.ttl).serve()
+        KernelMount(operations, point, text, ttl=options.ttl, passthrough=passthrough).serve()
         return
     import mfusepy
 

@@ -67,6 +67,10 @@ class Handle(Protocol):
         """What `read` returns, or where on disk it is."""
         ...
 
+    def backing_fd(self) -> int | None:
+        """The descriptor of a complete file on disk, which the kernel may read by itself."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -82,6 +86,9 @@ class BytesHandle:
         return self._data[offset : offset + size]
 
     read_piece = read
+
+    def backing_fd(self) -> None:
+        return None
 
     def release(self) -> None:
         pass

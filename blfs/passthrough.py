@@ -1,0 +1,106 @@
+"""FUSE passthrough: the kernel reads complete cache files by itself (Linux ≥ 6.9), so their
+bytes never come through this process and reads go at the speed of the cache's own disk.
+
+The kernel grants backing files only to a mount whose INIT reply asked for them (see
+`fuse_kernel._ReplyHook`) and to a process with CAP_SYS_ADMIN. Where either is missing the
+first refusal turns passthrough off for the mount, and files are spliced as before.
+
+The kernel keeps one way of reading an inode at a time: it fails with EIO a passthrough open of
+an inode that is open through its page cache, and the reverse. So a file is passed through only
+while none of its handles is open otherwise (one opened while its download was running), and
+handles are counted per inode until their release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+log = logging.getLogger("blfs")
+
+FUSE_PASSTHROUGH = 1 << 37  # INIT flag (in `flags2`, shifted down by 32)
+MAX_STACK_DEPTH = 1  # backing files are on a filesystem that is not itself stacked
+FOPEN_PASSTHROUGH = 1 << 7
+# ioctls on the session's /dev/fuse descriptor: _IOW(229, 1, struct fuse_backing_map) and
+# _IOW(229, 2, uint32_t)
+_BACKING_OPEN, _BACKING_CLOSE = 0x4010E501, 0x4004E502
+
+
+@dataclass
+class _Modes:
+    passed: int = 0
+    cached: int = 0
+
+
+class Passthrough:
+    """The backing files of one mount, by handle number."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._usable = False  # until `start`
+        self._granted = False
+        self._lock = threading.Lock()
+        self._modes: dict[int, _Modes] = {}
+        self._handles: dict[int, tuple[int, int | None]] = {}  # fh -> (ino, backing id)
+
+    def start(self, session_fd: int) -> None:
+        """Backing files may be asked for (the INIT reply asked for them)."""
+        self._fd = session_fd
+        self._usable = True
+
+    def open(self, ino: int, fh: int, backing_fd: int | None) -> int | None:
+        """The backing id the open reply names, or None for an open through the page cache."""
+        with self._lock:
+            modes = self._modes.setdefault(ino, _Modes())
+            backing_id = None
+            if backing_fd is not None and modes.cached == 0:
+                backing_id = self._backing(backing_fd)
+            if backing_id is None and modes.passed:
+                # What the kernel would answer: it reads the inode by itself for other handles.
+                log.warning("inode %d: cannot be opened but through its cache file", ino)
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            if backing_id is None:
+                modes.cached += 1
+            else:
+                modes.passed += 1
+            self._handles[fh] = (ino, backing_id)
+            return backing_id
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            ino, backing_id = self._handles.pop(fh, (0, None))
+            modes = self._modes.get(ino)
+            if modes is None:
+                return
+            if backing_id is None:
+                modes.cached -= 1
+            else:
+                modes.passed -= 1
+                with contextlib.suppress(OSError):  # the kernel drops it with the session
+                    self._ioctl(_BACKING_CLOSE, struct.pack("I", backing_id))
+            if not (modes.passed or modes.cached):
+                del self._modes[ino]
+
+    def _backing(self, fd: int) -> int | None:
+        """(Under the lock.) A backing id for `fd`; None once the kernel refused one."""
+        if not self._usable:
+            return None
+        try:
+            backing_id = self._ioctl(_BACKING_OPEN, struct.pack("iIQ", fd, 0, 0))
+        except OSError as exc:
+            self._usable = False
+            log.info("cached files are read through this process (no passthrough: %s)", exc)
+            return None
+        if not self._granted:
+            self._granted = True
+            log.info("cached files are read by the kernel itself (passthrough)")
+        return backing_id
+
+    def _ioctl(self, request: int, argument: bytes) -> int:
+        return fcntl.ioctl(self._fd, request, bytearray(argument), True)

@@ -1,0 +1,90 @@
+"""Complete cache files read by the kernel itself (FUSE passthrough): through real mounts, the
+same bytes and mappings, and never an open refused for mixing it with reads through the mount;
+and reads through the mount where the kernel does not grant it."""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+from test_fetch import wait_until
+from test_mount import an_object, archive_members
+
+from blfs.passthrough import Passthrough
+
+GRANTED = "cached files are read by the kernel itself (passthrough)"
+NOT_GRANTED = "cached files are read through this process (no passthrough"
+
+
+def needs_root() -> None:
+    """The kernel grants backing files to a process with CAP_SYS_ADMIN only."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the passthrough checks need root under CI")
+        pytest.skip("the kernel grants passthrough to root only")
+
+
+def cached_image(mount, emulator) -> tuple[Path, bytes]:
+    """An object's image read once through `mount` (so it is downloaded and committed)."""
+    obj = an_object(emulator)
+    image = mount.path / "objects" / obj["_id"] / "t1.nii.gz"
+    expected = archive_members(emulator, obj["_id"])["t1.nii.gz"]
+    assert image.read_bytes() == expected
+    wait_until((mount.cache_dir / "objects" / obj["_id"] / "index.json").exists, what="commit")
+    return image, expected
+
+
+def test_a_cached_file_is_read_by_the_kernel_itself_with_the_same_bytes(mount_factory, emulator):
+    needs_root()
+    first = mount_factory()
+    image, expected = cached_image(first, emulator)
+    second = mount_factory(cache_dir=first.cache_dir)
+    again = second.path / image.relative_to(first.path)
+    assert again.read_bytes() == expected
+    with open(again, "rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        assert mapped[:] == expected
+    assert GRANTED in second.log()
+
+
+def test_a_file_open_while_it_downloads_is_opened_again_once_complete(mount_factory, emulator):
+    needs_root()
+    obj = an_object(emulator, "neuro/dwi")
+    expected = archive_members(emulator, obj["_id"])["dwi.nii.gz"]
+    mount = mount_factory()
+    image = mount.path / "objects" / obj["_id"] / "dwi.nii.gz"
+    emulator.set(bandwidth=len(expected) // 2)
+    try:
+        with open(image, "rb") as early:  # opened before its bytes are all there
+            assert early.read(1) == expected[:1]
+            os.listdir(image.parent)  # answered once the archive's end is verified
+            assert image.read_bytes() == expected  # opened complete, the early one still open
+            assert early.read() == expected[1:]
+    finally:
+        emulator.set(bandwidth=None)
+    assert image.read_bytes() == expected  # alone now: read by the kernel itself
+    assert GRANTED in mount.log()
+
+
+def test_nopassthrough_has_cached_files_read_through_the_mount(mount_factory, emulator):
+    first = mount_factory(extra=("-o", "nopassthrough"))
+    image, expected = cached_image(first, emulator)
+    assert image.read_bytes() == expected
+    assert GRANTED not in first.log()
+
+
+def test_a_refused_backing_file_turns_passthrough_off_for_the_mount(tmp_path, caplog):
+    passthrough = Passthrough()
+    cached = tmp_path / "cached"
+    cached.write_bytes(b"bytes")
+    with open(os.devnull, "rb") as not_fuse, open(cached, "rb") as file:
+        passthrough.start(not_fuse.fileno())  # the ioctl is refused there, as without the right
+        with caplog.at_level(logging.INFO, logger="blfs"):
+            assert passthrough.open(2, 1, file.fileno()) is None
+            assert passthrough.open(2, 2, file.fileno()) is None
+            assert passthrough.open(3, 3, None) is None
+    for handle in (1, 2, 3):
+        passthrough.release(handle)
+    assert caplog.text.count(NOT_GRANTED) == 1
