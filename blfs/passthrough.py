@@ -5,10 +5,12 @@ The kernel grants backing files only to a mount whose INIT reply asked for them 
 `fuse_kernel._ReplyHook`) and to a process with CAP_SYS_ADMIN. Where either is missing the
 first refusal turns passthrough off for the mount, and files are spliced as before.
 
-The kernel keeps one way of reading an inode at a time: it fails with EIO a passthrough open of
-an inode that is open through its page cache, and the reverse. So a file is passed through only
-while none of its handles is open otherwise (one opened while its download was running), and
-handles are counted per inode until their release.
+The kernel keeps one way of reading an inode at a time, and one backing file per inode: it fails
+with EIO a passthrough open of an inode that is open through its page cache, the reverse, and a
+passthrough open naming another backing file than the inode's. So a file is passed through only
+while none of its handles is open otherwise (one opened while its download was running), every
+handle passed through names the backing file of the first, and handles are counted per inode
+until their release.
 """
 
 from __future__ import annotations
@@ -33,21 +35,25 @@ _BACKING_OPEN, _BACKING_CLOSE = 0x4010E501, 0x4004E502
 
 
 @dataclass
-class _Modes:
+class _Inode:
+    """How an inode's open handles are read, and the one backing file of those passed through
+    (the kernel refuses a second one for an inode with EBUSY, that is EIO to the reader)."""
+
     passed: int = 0
     cached: int = 0
+    backing_id: int | None = None
 
 
 class Passthrough:
-    """The backing files of one mount, by handle number."""
+    """The backing files of one mount, by inode, with the mode of each open handle."""
 
     def __init__(self) -> None:
         self._fd = -1
         self._usable = False  # until `start`
         self._granted = False
         self._lock = threading.Lock()
-        self._modes: dict[int, _Modes] = {}
-        self._handles: dict[int, tuple[int, int | None]] = {}  # fh -> (ino, backing id)
+        self._inodes: dict[int, _Inode] = {}
+        self._handles: dict[int, tuple[int, bool]] = {}  # fh -> (ino, passed through)
 
     def start(self, session_fd: int) -> None:
         """Backing files may be asked for (the INIT reply asked for them)."""
@@ -55,37 +61,40 @@ class Passthrough:
         self._usable = True
 
     def open(self, ino: int, fh: int, backing_fd: int | None) -> int | None:
-        """The backing id the open reply names, or None for an open through the page cache."""
+        """The backing id the open reply names, or None for an open through the page cache.
+        `backing_fd` is the handle's complete cache file, if it has one."""
         with self._lock:
-            modes = self._modes.setdefault(ino, _Modes())
-            backing_id = None
-            if backing_fd is not None and modes.cached == 0:
-                backing_id = self._backing(backing_fd)
-            if backing_id is None and modes.passed:
+            inode = self._inodes.setdefault(ino, _Inode())
+            if inode.backing_id is None and backing_fd is not None and not inode.cached:
+                inode.backing_id = self._backing(backing_fd)
+            passed = inode.backing_id is not None
+            if passed and backing_fd is None:
                 # What the kernel would answer: it reads the inode by itself for other handles.
                 log.warning("inode %d: cannot be opened but through its cache file", ino)
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
-            if backing_id is None:
-                modes.cached += 1
+            if passed:
+                inode.passed += 1
             else:
-                modes.passed += 1
-            self._handles[fh] = (ino, backing_id)
-            return backing_id
+                inode.cached += 1
+            self._handles[fh] = (ino, passed)
+            return inode.backing_id
 
     def release(self, fh: int) -> None:
         with self._lock:
-            ino, backing_id = self._handles.pop(fh, (0, None))
-            modes = self._modes.get(ino)
-            if modes is None:
+            ino, passed = self._handles.pop(fh, (0, False))
+            inode = self._inodes.get(ino)
+            if inode is None:
                 return
-            if backing_id is None:
-                modes.cached -= 1
+            if passed:
+                inode.passed -= 1
             else:
-                modes.passed -= 1
+                inode.cached -= 1
+            if inode.passed == 0 and inode.backing_id is not None:
                 with contextlib.suppress(OSError):  # the kernel drops it with the session
-                    self._ioctl(_BACKING_CLOSE, struct.pack("I", backing_id))
-            if not (modes.passed or modes.cached):
-                del self._modes[ino]
+                    self._ioctl(_BACKING_CLOSE, struct.pack("I", inode.backing_id))
+                inode.backing_id = None
+            if not (inode.passed or inode.cached):
+                del self._inodes[ino]
 
     def _backing(self, fd: int) -> int | None:
         """(Under the lock.) A backing id for `fd`; None once the kernel refused one."""

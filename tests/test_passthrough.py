@@ -49,6 +49,19 @@ def test_a_cached_file_is_read_by_the_kernel_itself_with_the_same_bytes(mount_fa
     assert GRANTED in second.log()
 
 
+def test_handles_open_together_on_a_cached_file_read_the_same_bytes(mount_factory, emulator):
+    needs_root()
+    first = mount_factory()
+    image, expected = cached_image(first, emulator)
+    second = mount_factory(cache_dir=first.cache_dir)
+    again = second.path / image.relative_to(first.path)
+    with open(again, "rb") as one, open(again, "rb") as other:
+        assert one.read() == expected
+        assert other.read() == expected
+    with open(again, "rb") as last:  # after both were released
+        assert last.read() == expected
+
+
 def test_a_file_open_while_it_downloads_is_opened_again_once_complete(mount_factory, emulator):
     needs_root()
     obj = an_object(emulator, "neuro/dwi")
