@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from mount_fixtures import Mount
 from test_fetch import wait_until
 from test_mount import an_object, archive_members
 
@@ -37,28 +38,29 @@ def cached_image(mount, emulator) -> tuple[Path, bytes]:
     return image, expected
 
 
-def test_a_cached_file_is_read_by_the_kernel_itself_with_the_same_bytes(mount_factory, emulator):
+def cached_on_a_new_mount(mount_factory, emulator) -> tuple[Mount, Path, bytes]:
+    """A second mount on the cache of a first that read an object's image, with that image."""
     needs_root()
     first = mount_factory()
     image, expected = cached_image(first, emulator)
     second = mount_factory(cache_dir=first.cache_dir)
-    again = second.path / image.relative_to(first.path)
-    assert again.read_bytes() == expected
-    with open(again, "rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+    return second, second.path / image.relative_to(first.path), expected
+
+
+def test_a_cached_file_is_read_by_the_kernel_itself_with_the_same_bytes(mount_factory, emulator):
+    mount, image, expected = cached_on_a_new_mount(mount_factory, emulator)
+    assert image.read_bytes() == expected
+    with open(image, "rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as mapped:
         assert mapped[:] == expected
-    assert GRANTED in second.log()
+    assert GRANTED in mount.log()
 
 
 def test_handles_open_together_on_a_cached_file_read_the_same_bytes(mount_factory, emulator):
-    needs_root()
-    first = mount_factory()
-    image, expected = cached_image(first, emulator)
-    second = mount_factory(cache_dir=first.cache_dir)
-    again = second.path / image.relative_to(first.path)
-    with open(again, "rb") as one, open(again, "rb") as other:
+    _, image, expected = cached_on_a_new_mount(mount_factory, emulator)
+    with open(image, "rb") as one, open(image, "rb") as other:
         assert one.read() == expected
         assert other.read() == expected
-    with open(again, "rb") as last:  # after both were released
+    with open(image, "rb") as last:  # after both were released
         assert last.read() == expected
 
 
