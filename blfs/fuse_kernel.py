@@ -16,8 +16,9 @@ operations of `fuse_ops.BlfsOperations`, adding what only the low level can give
 - `readdirplus` hands each entry's attributes with the listing when they are exact (an entry
   whose size is not known yet is listed by name and type only, so the kernel asks for it);
 - entry and attribute timeouts equal the TTL on every reply;
-- lookups in one directory run in parallel (`_ReplyHook`), and file bytes go from the
-  cache file to the kernel by splice.
+- lookups in one directory run in parallel (`_ReplyHook`);
+- the kernel reads complete cache files by itself where it grants that (`passthrough`), and
+  other file bytes go from the cache file to the kernel by splice.
 
 Calls left out (`access`, `flush`, `getxattr`…) are answered by libfuse in C or remembered by
 the kernel as unsupported, so they never reach Python.
