@@ -45,7 +45,6 @@ import mfusepy
 
 from blfs.errors import BlfsError
 from blfs.fuse_ops import BlfsOperations
-from blfs.nodes import FileSpan
 from blfs.passthrough import FOPEN_PASSTHROUGH, FUSE_PASSTHROUGH, MAX_STACK_DEPTH, Passthrough
 
 log = logging.getLogger("blfs")
@@ -588,14 +587,14 @@ class KernelMount:
     def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
         """Bytes on disk go from the cache file to the kernel by splice, never through Python."""
         piece = self._ops.read_piece(self._inodes.path(ino), size, offset, fi.contents)
-        if isinstance(piece, FileSpan) and piece.length == 0:
-            piece = b""
         if isinstance(piece, bytes):
             self._lib.fuse_reply_buf(req, piece, len(piece))
-            return
-        flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
-        span = _Buf(size=piece.length, flags=flags, fd=piece.fd, pos=piece.offset)
-        self._reply_data(req, ctypes.byref(_BufVec(count=1, buf=(span,))), 0)
+        elif piece.length == 0:  # the end of the file: nothing to splice
+            self._lib.fuse_reply_buf(req, None, 0)
+        else:
+            flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
+            span = _Buf(size=piece.length, flags=flags, fd=piece.fd, pos=piece.offset)
+            self._reply_data(req, ctypes.byref(_BufVec(count=1, buf=(span,))), 0)
 
     @_replying
     def _release(self, req: int, ino: int, fi: Any) -> None:
