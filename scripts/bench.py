@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from blfs import mountinfo
@@ -48,17 +48,13 @@ ROWS: list[tuple[str, str, str, str]] = []
 GOALS: list[tuple[str, str, str, bool]] = []
 
 
-def timed(action: Callable[[], object]) -> float:
-    """Seconds `action` takes, once what earlier steps left dirty is written back (the 300 MB a
-    step writes would otherwise be flushed during a later one, in its time)."""
+def timed_shell(command: str) -> float:
+    """Seconds a bash command takes, once what earlier steps left dirty is written back (the
+    300 MB a step writes would otherwise be flushed during a later one, in its time)."""
     os.sync()
     start = time.perf_counter()
-    action()
+    shell(command)
     return time.perf_counter() - start
-
-
-def timed_shell(command: str) -> float:
-    return timed(lambda: shell(command))
 
 
 def shell(command: str) -> None:
@@ -107,12 +103,21 @@ def mounted(
     command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", server.url]
     command += ["--cache-dir", str(cache), "--ttl", str(ttl), *options]
     subprocess.run(command, check=True, env=env, timeout=60)
+    pid = mount_pid(point)
     try:
         yield point
     finally:
         mountinfo.unmount(point)
-        time.sleep(0.2)
+        wait_for_exit(pid)
         point.rmdir()
+
+
+def wait_for_exit(pid: int, timeout: float = 120) -> None:
+    """Waits for an unmounted mount's process to end: it commits what it downloaded first, and
+    that disk work must not fall into the next step's time."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def one_object(server: Emulator) -> dict:
@@ -229,14 +234,11 @@ def bench_object(work: Path, size: int, bandwidth: int) -> None:
             whole = time.perf_counter() - start
         with mounted(server, home, home / "cache-throttled-copy") as point:
             source = point / "objects" / obj["_id"]
-            throttled_copy = timed(lambda: shell(f"cp -r {source} {home / 'copy-throttled'}"))
+            throttled_copy = timed_shell(f"cp -r {source} {home / 'copy-throttled'}")
         throttled_curl_dir = home / "curl-throttled"
         throttled_curl_dir.mkdir()
-        throttled_curl = timed(
-            lambda: shell(
-                f"curl -sf -H 'Authorization: Bearer {token}' {url}"
-                f" | tar -x -C {throttled_curl_dir}"
-            )
+        throttled_curl = timed_shell(
+            f"curl -sf -H 'Authorization: Bearer {token}' {url} | tar -x -C {throttled_curl_dir}"
         )
         server.reset()
         row(f"first byte vs whole download at {bandwidth / 1e6:.0f} MB/s", first, whole)
@@ -252,16 +254,16 @@ def bench_listing(work: Path, objects: int) -> None:
         with mounted(server, home, home / "cache") as point:
             project = point / "projects" / "Lab Private"
             server.clear_requests()
-            metadata = timed(lambda: shell(
+            metadata = timed_shell(
                 f"find '{project}' -regextype posix-extended -regex '.*/[0-9a-f]{{24}}' -prune"
                 " -ls > /dev/null"
-            ))  # fmt: skip
+            )
             metadata_requests = len(server.requests())
             server.clear_requests()
-            cold = timed(lambda: shell(f"ls -lR '{project}' > /dev/null"))
+            cold = timed_shell(f"ls -lR '{project}' > /dev/null")
             cold_requests, cold_downloads = len(server.requests()), downloads(server)
             server.clear_requests()
-            warm = timed(lambda: shell(f"ls -lR '{project}' > /dev/null"))
+            warm = timed_shell(f"ls -lR '{project}' > /dev/null")
             warm_requests = len(server.requests())
         print(
             f"\n{objects}-object project:\n"
