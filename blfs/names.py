@@ -1,7 +1,8 @@
 """Filename-safe, stable, collision-proof names for directories named after brainlife records.
 
-DESIGN §1.1: a human name made safe for a filename; siblings sharing a name each get
-` [<first 8 hex of id>]`, so adding a duplicate later never renames the other siblings; every
+DESIGN §1.1: a human name made safe for a filename and for glob patterns (tools glob the paths
+they are given: nilearn, pybids, shell patterns); siblings sharing a name each get
+` (<first 8 hex of id>)`, so adding a duplicate later never renames the other siblings; every
 entry is also reachable by its full id (a lookup alias that is not listed).
 """
 
@@ -16,6 +17,9 @@ T = TypeVar("T")
 
 MAX_NAME_BYTES = 255
 UNNAMED = "unnamed"
+# A path component that a glob pattern matches only as itself: `/` and NUL cannot be in a name,
+# and the glob metacharacters become characters that are not (brackets keep their look).
+_SAFE = str.maketrans({"/": "_", "\0": "_", "[": "(", "]": ")", "*": "_", "?": "_"})
 
 
 def truncate_utf8(text: str, limit: int) -> str:
@@ -27,15 +31,20 @@ def truncate_utf8(text: str, limit: int) -> str:
 
 
 def safe_name(name: object, suffix: str = "") -> str:
-    """`name` usable as one path component: no `/` or NUL, never empty, `.` or `..`, ≤255 bytes.
+    """`name` usable as one path component: no `/` or NUL, never empty, `.` or `..`, ≤255 bytes,
+    and no glob metacharacter (`[`/`]` become `(`/`)`, `*`/`?` become `_`).
 
     `suffix` is kept whole; the name before it is shortened when the whole would be too long.
     """
-    text = "" if name is None else str(name)
-    text = text.replace("/", "_").replace("\0", "_")
+    text = ("" if name is None else str(name)).translate(_SAFE)
     if text in ("", ".", ".."):
         text = text.replace(".", "_") or UNNAMED
     return truncate_utf8(text, MAX_NAME_BYTES - len(suffix.encode("utf-8"))) + suffix
+
+
+def id_suffix(hex_id: str) -> str:
+    """What tells apart two things that would share a name: ` (<hex>)`, an id or its prefix."""
+    return f" ({hex_id})"
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Named(Generic[T]):
 def unique_names(items: Iterable[tuple[str, object, T]], reserved: Iterable[str] = ()) -> Named[T]:
     """Names for `(id, human name, record)` siblings, unique among themselves and `reserved`.
 
-    A name shared by several siblings (or equal to a reserved one) gets ` [<id[:8]>]`. A clash
+    A name shared by several siblings (or equal to a reserved one) gets ` (<id[:8]>)`. A clash
     that remains (equal id prefixes, or a human name that looks like another's suffixed one) gets
     the full id instead. A name depends only on its own record and on which siblings share its
     plain name, so siblings never change name when an unrelated one appears.
@@ -65,14 +74,14 @@ def unique_names(items: Iterable[tuple[str, object, T]], reserved: Iterable[str]
     chosen = [
         plain
         if plain_count[plain] == 1 and plain not in taken
-        else safe_name(plain, f" [{item_id[:8]}]")
+        else safe_name(plain, id_suffix(item_id[:8]))
         for item_id, plain, _ in entries
     ]
     chosen_count = Counter(chosen)
     named: Named[T] = Named()
     for (item_id, plain, record), name in zip(entries, chosen, strict=True):
         if chosen_count[name] > 1 or name in taken:
-            name = safe_name(plain, f" [{item_id}]")
+            name = safe_name(plain, id_suffix(item_id))
         if name in named.by_name or name in taken:
             name = safe_name(item_id)
         named.by_name[name] = record

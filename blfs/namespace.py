@@ -19,7 +19,7 @@ from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, is_finished, on_s3
 from blfs.errors import NotFound, SizeMismatch
 from blfs.ids import is_object_id
-from blfs.names import Named, unique_names
+from blfs.names import Named, id_suffix, unique_names
 from blfs.nodes import (
     Attr,
     ByIdDir,
@@ -63,14 +63,14 @@ class Beside:
     """DESIGN §1.1's collision rule between a directory's metadata files and the files listed
     beside them (archive members, task outputs). A metadata file keeps its name, which must be
     known without a download; a listed file of the same name is shown, and reached, as
-    `<name> [<first 8 hex of the object's or task's id>]`."""
+    `<name> (<first 8 hex of the object's or task's id>)`."""
 
     metadata: frozenset[str]
     owner_id: str
 
     @property
     def _suffix(self) -> str:
-        return f" [{self.owner_id[:8]}]"
+        return id_suffix(self.owner_id[:8])
 
     def shown(self, listed: Iterable[tuple[str, Attr]]) -> list[tuple[str, Attr]]:
         return [(name + self._suffix if name in self.metadata else name, a) for name, a in listed]

@@ -56,9 +56,9 @@ def test_projects_listed_as_readable(mount, emulator):
     names = set(os.listdir(mount.path / "projects"))
     assert {"Lab Private", "Open Diffusion", "Guest Study", "Agreement Study"} <= names
     assert not {"Hidden Lab", "Listed Lab", "Old Project", "Twin Study"} & names
-    twins = sorted(n for n in names if n.startswith("Twin Study ["))
+    twins = sorted(n for n in names if n.startswith("Twin Study ("))
     ids = sorted(p["_id"][:8] for p in emulator.db("projects") if p["name"] == "Twin Study")
-    assert twins == [f"Twin Study [{i}]" for i in ids]
+    assert twins == [f"Twin Study ({i})" for i in ids]
 
 
 def test_every_shown_object_appears_once_under_its_project(mount, emulator):

@@ -23,9 +23,9 @@ def test_safe_name_fits_255_bytes_without_splitting_a_character_and_keeps_the_su
     name = safe_name("é" * 300)
     assert len(name.encode()) <= 255
     assert set(name) == {"é"}
-    suffixed = safe_name("x" * 300, " [abcdef12]")
+    suffixed = safe_name("x" * 300, " (abcdef12)")
     assert len(suffixed.encode()) == 255
-    assert suffixed.endswith("x [abcdef12]")
+    assert suffixed.endswith("x (abcdef12)")
 
 
 def test_unique_names_are_plain_unless_shared():
@@ -35,35 +35,43 @@ def test_unique_names_are_plain_unless_shared():
 
 def test_siblings_sharing_a_name_each_get_their_id_prefix():
     named = unique_names([(A, "Twin", 1), (B, "Twin", 2), (C, "Other", 3)])
-    assert named.by_name == {"Twin [aaaaaaaa]": 1, "Twin [bbbbbbbb]": 2, "Other": 3}
+    assert named.by_name == {"Twin (aaaaaaaa)": 1, "Twin (bbbbbbbb)": 2, "Other": 3}
 
 
 def test_a_later_duplicate_does_not_rename_the_others():
     before = unique_names([(A, "Twin", 1), (B, "Twin", 2), (C, "Other", 3)]).by_name
     after = unique_names([(A, "Twin", 1), (B, "Twin", 2), (C, "Other", 3), ("d" * 24, "Twin", 4)])
     assert before.items() <= after.by_name.items()
-    assert after.by_name["Twin [dddddddd]"] == 4
+    assert after.by_name["Twin (dddddddd)"] == 4
 
 
 def test_names_that_become_equal_once_made_safe_collide_too():
     named = unique_names([(A, "a/b", 1), (B, "a_b", 2)])
-    assert set(named.by_name) == {"a_b [aaaaaaaa]", "a_b [bbbbbbbb]"}
+    assert set(named.by_name) == {"a_b (aaaaaaaa)", "a_b (bbbbbbbb)"}
 
 
 def test_equal_id_prefixes_fall_back_to_the_full_id():
     other = "aaaaaaaa00000000000000ff"
     named = unique_names([(A, "Twin", 1), (other, "Twin", 2)])
-    assert named.by_name == {f"Twin [{A}]": 1, f"Twin [{other}]": 2}
+    assert named.by_name == {f"Twin ({A})": 1, f"Twin ({other})": 2}
 
 
 def test_a_reserved_name_is_never_given_to_a_record():
     named = unique_names([(A, "publication.json", 1)], reserved=["publication.json"])
-    assert named.by_name == {"publication.json [aaaaaaaa]": 1}
+    assert named.by_name == {"publication.json (aaaaaaaa)": 1}
 
 
 def test_every_record_is_also_reachable_by_its_full_id():
     named = unique_names([(A, "Twin", 1), (B, "Twin", 2)])
     assert named.get(A) == 1
-    assert named.get("Twin [bbbbbbbb]") == 2
+    assert named.get("Twin (bbbbbbbb)") == 2
     assert named.get("Twin") is None
     assert A not in named.by_name
+
+
+def test_no_name_holds_a_glob_metacharacter_and_brackets_become_parentheses():
+    assert safe_name("T1 [pilot] *final?") == "T1 (pilot) _final_"
+    named = unique_names([(A, "Study [v2]", 1), (B, "Study (v2)", 2), (C, "Rest*", 3)])
+    assert named.by_name == {"Study (v2) (aaaaaaaa)": 1, "Study (v2) (bbbbbbbb)": 2, "Rest_": 3}
+    assert named.get(A) == 1
+    assert not any(set(name) & set("[]*?") for name in named.by_name)

@@ -132,7 +132,7 @@ def test_projects_are_the_readable_ones_not_removed(ns, emulator):
     assert {"Lab Private", "Open Diffusion", "Guest Study", "Agreement Study"} <= names
     assert not {"Hidden Lab", "Listed Lab", "Old Project", "Twin Study"} & names
     twins = sorted(p["_id"] for p in emulator.db("projects") if p["name"] == "Twin Study")
-    assert {f"Twin Study [{t[:8]}]" for t in twins} <= names
+    assert {f"Twin Study ({t[:8]})" for t in twins} <= names
 
 
 def test_project_json_is_the_record_and_its_size_is_exact(ns, emulator):
@@ -316,12 +316,12 @@ def project_names_around_a_copy(emulator, tmp_path: Path, name: str) -> tuple[se
 
 def test_a_later_duplicate_project_does_not_rename_the_others(scratch_emulator, tmp_path):
     before, after, _ = project_names_around_a_copy(scratch_emulator, tmp_path, "Twin Study")
-    assert after == before | {"Twin Study [fedcba98]"}
+    assert after == before | {"Twin Study (fedcba98)"}
 
 
 def test_a_duplicate_of_a_unique_name_suffixes_only_the_two(scratch_emulator, tmp_path):
     before, after, lab = project_names_around_a_copy(scratch_emulator, tmp_path, "Open Diffusion")
-    assert after - before == {f"Open Diffusion [{lab['_id'][:8]}]", "Open Diffusion [fedcba98]"}
+    assert after - before == {f"Open Diffusion ({lab['_id'][:8]})", "Open Diffusion (fedcba98)"}
     assert before - after == {"Open Diffusion"}
 
 

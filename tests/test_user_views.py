@@ -176,7 +176,7 @@ def test_archive_members_named_like_metadata_files_stay_reachable(replace_archiv
     }
     replace_archive(obj["_id"], tar_bytes(members))
     shown = mount.path / "objects" / obj["_id"]
-    suffix = f" [{obj['_id'][:8]}]"
+    suffix = f" ({obj['_id'][:8]})"
     assert sorted(os.listdir(shown)) == sorted(
         ["_info.json", "_product.json", f"_info.json{suffix}", f"_product.json{suffix}", "t1.txt"]
     )
@@ -197,6 +197,6 @@ def test_a_task_output_named_like_its_record_stays_reachable(
     ).write_bytes(own)
     mount = mount_factory(api_url=scratch_emulator.url)
     shown = mount.path / "tasks" / task["_id"]
-    assert {"_task.json", f"_task.json [{task['_id'][:8]}]"} <= set(os.listdir(shown))
+    assert {"_task.json", f"_task.json ({task['_id'][:8]})"} <= set(os.listdir(shown))
     assert json.loads((shown / "_task.json").read_bytes())["_id"] == task["_id"]
-    assert (shown / f"_task.json [{task['_id'][:8]}]").read_bytes() == own
+    assert (shown / f"_task.json ({task['_id'][:8]})").read_bytes() == own
