@@ -345,6 +345,15 @@ class Client:
             raise _classify(response).error
         return response.json()["jwt"]
 
+    def accepted_agreements(self) -> list[str]:
+        """The ids of the data-use agreements this user accepted: the auth service's own profile
+        (`GET /auth/profile`, `profile.private.agreements`), which the warehouse reads before it
+        lets a project's objects be downloaded (API §2, download check 5)."""
+        body = self._get_json(f"{self._auth}/profile", {}, Auth.REQUIRED) or {}
+        private = (body.get("profile") or {}).get("private") or {}
+        agreements = private.get("agreements") or {}
+        return sorted(str(key) for key, agreed in agreements.items() if agreed)
+
     # --- the mount's first question ------------------------------------------------------------
 
     def check(self) -> None:

@@ -31,10 +31,13 @@ _PREFIX = 8
 
 @dataclass(frozen=True)
 class Member:
-    """A BIDS file that is a member of an object's archive (`record`: the object's)."""
+    """A BIDS file that is a member of an object's archive (`record`: the object's). `required`:
+    the datatype requires the file, so the object holds it (brainlife stores no object without
+    its required files); any other one is shown only once its object's listing says it is there."""
 
     record: Mapping[str, Any]
     member: str
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,15 @@ def resolve_source(src: str, datatype: Mapping[str, Any]) -> str | None:
     return next((name for name in declared if name and fnmatch.fnmatch(name, src)), None)
 
 
+def is_required(member: str, datatype: Mapping[str, Any]) -> bool:
+    """Whether the datatype declares `member` as a required file or directory: an object
+    cannot be stored without it. Anything else (undeclared, optional) may be absent."""
+    for declared in datatype.get("files") or []:
+        if member == (declared.get("filename") or declared.get("dirname")):
+            return declared.get("required") is True
+    return False
+
+
 def sidecar(record: Mapping[str, Any], site: str) -> dict[str, Any]:
     """The object's BIDS keys (CamelCase meta) and where it comes from on brainlife."""
     meta = record.get("meta") or {}
@@ -173,7 +185,7 @@ def object_files(
                 continue
             member = resolve_source(str(entry["src"]), datatype)
             if member is not None:
-                files[path] = Member(record, member)
+                files[path] = Member(record, member, is_required(member, datatype))
     return files
 
 

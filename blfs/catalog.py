@@ -181,6 +181,34 @@ class Catalog:
 
         return self._cache.get(("release", release_id), fetch, build)
 
+    def project_page(self, project_id: str) -> str:
+        """The project's page on brainlife.io, where its data-use agreements are accepted."""
+        return f"{self._client.site}/project/{project_id}"
+
+    def logged_in(self) -> bool:
+        """Whether there is a user: downloads and `_product.json` need a token (API §2)."""
+        return self._subject() is not None
+
+    def project_readable(self, project_id: object) -> bool:
+        """Whether this user may read the project (shown under projects/): what the warehouse
+        asks before it answers an object's `_product.json` (API §2)."""
+        return str(project_id) in self.projects().by_id
+
+    def pending_agreements(self, project_id: object) -> list[dict[str, Any]]:
+        """The data-use agreements of a readable project that this user has not accepted: the
+        warehouse refuses to download its objects until every one is (API §2). The profile is
+        asked for only for a project that has agreements; a guest has accepted none."""
+        project = self.projects().by_id.get(str(project_id)) or {}
+        agreements = [a for a in project.get("agreements") or [] if isinstance(a, dict)]
+        if not agreements:
+            return []
+        accepted: frozenset[str] = frozenset()
+        if self.logged_in():
+            with contextlib.suppress(AccessDenied):
+                fetch = self._client.accepted_agreements
+                accepted = self._cache.get("agreements", fetch, frozenset)
+        return [a for a in agreements if str(a.get("_id")) not in accepted]
+
     def participants_readable(self, project: dict[str, Any]) -> bool:
         """Whether this user may read the project's participant table (no request needed)."""
         return participants_readable(project, self._subject())
@@ -197,7 +225,7 @@ class Catalog:
     def project_bids(self, project: dict[str, Any]) -> bids.Dataset:
         """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""
         project_id = project["_id"]
-        url = f"{self._client.site}/project/{project_id}"
+        url = self.project_page(project_id)
         name = project.get("name") or project_id
 
         def make() -> bids.Dataset:

@@ -26,6 +26,7 @@ from blfs.nodes import (
     BytesFile,
     DirNode,
     FileNode,
+    Guarded,
     Handle,
     JsonFile,
     NamedDir,
@@ -44,6 +45,10 @@ TASK_METADATA = "_task.json"
 INSTANCE_METADATA = "_instance.json"
 STATES = "object-states.json"
 PARTICIPANTS = ("participants.tsv", "participants.json")
+# Why this user may not read a project's or a release's data, beside its refused directories;
+# the same line is added to project.json under ACCESS_KEY.
+ACCESS = "ACCESS.txt"
+ACCESS_KEY = "blfs_access"
 # Keys of a task's or process's record that may hold credentials: an app's config can take a
 # token or a password, and amaretti keeps the environment a task runs with.
 _SECRET = re.compile(r"token|secret|passw|credential|jwt|api_?key|private|^_?envs?$", re.I)
@@ -130,6 +135,31 @@ class Namespace:
                 node = node.lookup(name)
         return node
 
+    def refusal(self, project_id: object) -> str | None:
+        """Why this user may not read the data of a project's objects (their downloads would
+        be refused), as one line naming what to do; None when nothing stands in the way."""
+        if not self.catalog.logged_in():
+            return "Reading data needs a login: run `blfs login`, then mount again."
+        if self.catalog.pending_agreements(project_id):
+            page = self.catalog.project_page(str(project_id))
+            return (
+                f"Reading this project's data needs its data-use agreement accepted at {page} "
+                "(log in there, open the project, accept the agreement)."
+            )
+        return None
+
+    def access_text(self, project_id: object, reason: str) -> bytes:
+        """ACCESS.txt: the reason, what is refused until then, and the agreements' texts."""
+        lines = [
+            reason,
+            "",
+            "Until then bids/ and the files inside the data-objects' directories are refused "
+            "(Permission denied); the records (project.json, _info.json) stay readable.",
+        ]
+        for agreement in self.catalog.pending_agreements(project_id):
+            lines += ["", f"Agreement {agreement.get('_id')}:", str(agreement.get("agreement"))]
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
     def _project_node(self, project: dict[str, Any]) -> Node:
         mtime = timestamp(project.get("create_date"))
         group = project.get("group_id")
@@ -139,8 +169,8 @@ class Namespace:
             self._instance_node,
         )
         view = self._bids_dir(lambda: self.catalog.project_bids(project), mtime)
-        fixed = {"project.json": JsonFile(project, mtime), "processes": processes, "bids": view}
-        return ProjectDir(self, project, fixed, mtime)
+        guarded = Guarded(view, lambda: self.refusal(project["_id"]))
+        return ProjectDir(self, project, {"processes": processes, "bids": guarded}, mtime)
 
     def _pub_node(self, pub: dict[str, Any]) -> Node:
         mtime = timestamp(pub.get("create_date"))
@@ -161,11 +191,17 @@ class Namespace:
         )
 
     def _release_node(self, pub: dict[str, Any], release: dict[str, Any]) -> Node:
+        """A release: its objects (readable by any logged-in user, published), and its BIDS
+        view, refused with ACCESS.txt beside it where the downloads would be."""
         mtime = timestamp(release.get("create_date"))
         view = self._bids_dir(lambda: self.catalog.release_bids(pub, release), mtime)
+        fixed: dict[str, Node] = {"bids": Guarded(view, lambda: self.refusal(pub.get("project")))}
+        reason = self.refusal(pub.get("project"))
+        if reason is not None:
+            fixed[ACCESS] = BytesFile(self.access_text(pub.get("project"), reason), mtime)
         return DirNode(
             directory(mtime),
-            {"bids": view},
+            fixed,
             lambda: BranchNode(self, self.catalog.release_tree(release["_id"]), mtime),
         )
 
@@ -178,7 +214,10 @@ class Namespace:
         def known(entry: bids.Member) -> Attr | None:
             return member(entry).known_attr()
 
-        return BidsDir(dataset, member, known, mtime=mtime)
+        def confirmed(entry: bids.Member) -> Attr | None:
+            return member(entry).listed_attr()
+
+        return BidsDir(dataset, member, known, confirmed, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
         mtime = timestamp(instance.get("create_date"))
@@ -201,9 +240,10 @@ class Namespace:
 
 
 class ProjectDir(DirNode):
-    """A project: project.json, processes/ and bids/; files made from metadata (the objects by
-    state, the participant table when this user may read it), their requests made only when
-    they are looked up, not when the project is listed; then its subjects."""
+    """A project: processes/ and bids/; files made from metadata (project.json, ACCESS.txt when
+    its data is refused, the objects by state, the participant table when this user may read
+    it), their requests made only when they are looked up, not when the project is listed;
+    then its subjects."""
 
     def __init__(
         self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float
@@ -216,10 +256,22 @@ class ProjectDir(DirNode):
 
     def _made_names(self) -> list[str]:
         readable = self._ns.catalog.participants_readable(self._project)
-        return [STATES, *(PARTICIPANTS if readable else ())]
+        refused = self._ns.refusal(self._project["_id"]) is not None
+        return [*([ACCESS] if refused else []), STATES, *(PARTICIPANTS if readable else ())]
+
+    def _record(self) -> JsonFile:
+        """project.json: the record as the API gives it, plus ACCESS.txt's first line."""
+        reason = self._ns.refusal(self._project["_id"])
+        shown = self._project if reason is None else {**self._project, ACCESS_KEY: reason}
+        return JsonFile(shown, self._attr.mtime)
 
     def _made(self, name: str) -> Node:
         catalog, project_id, mtime = self._ns.catalog, self._project["_id"], self._attr.mtime
+        if name == ACCESS:
+            reason = self._ns.refusal(project_id)
+            if reason is None:
+                raise NotFound(f"no such file: {name}")
+            return BytesFile(self._ns.access_text(project_id, reason), mtime)
         if name == STATES:
             return JsonFile(catalog.object_states(project_id), mtime)
         table = catalog.participants(project_id) or {}
@@ -228,8 +280,10 @@ class ProjectDir(DirNode):
         return BytesFile(tsv if name == "participants.tsv" else sidecar or b"{}\n", mtime)
 
     def lookup(self, name: str) -> Node:
+        if name == "project.json":
+            return self._record()
         # The readability check reads the token: only for the names it can let through.
-        if name == STATES or (name in PARTICIPANTS and name in self._made_names()):
+        if name in (STATES, ACCESS) or (name in PARTICIPANTS and name in self._made_names()):
             return self._made(name)
         return super().lookup(name)
 
@@ -237,7 +291,7 @@ class ProjectDir(DirNode):
         # Sizes are known only after the requests, which a listing must not make (the adapter
         # only uses the type from readdir).
         made = [(name, Attr(False, 0, self._attr.mtime)) for name in self._made_names()]
-        return made + super().entries()
+        return [("project.json", self._record().attr()), *made, *super().entries()]
 
 
 class BranchNode(Node):
@@ -292,21 +346,31 @@ class ObjectDir(Node):
     def _product(self) -> FileNode:
         return BytesFile(self._ns.catalog.product_bytes(self._record["_id"]), self._attr.mtime)
 
+    def _product_readable(self) -> bool:
+        """The warehouse answers `_product.json` to a logged-in user who may read the object's
+        project (API §2), not to every reader of a release: elsewhere it is not shown."""
+        catalog = self._ns.catalog
+        return catalog.logged_in() and catalog.project_readable(self._record.get("project"))
+
     def lookup(self, name: str) -> Node:
         if name == "_info.json":
             return self._info()
         if name == "_product.json":
+            if not self._product_readable():
+                raise NotFound("_product.json is answered only to readers of the project")
             return self._product()
         return Member(self._ns, self._record, self._beside.listed_name(name))
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # `_product.json`'s size is only known after its request, which a listing must not make.
-        known = self._ns.catalog.known_product_bytes(self._record["_id"])
         mtime = self._attr.mtime
-        product = Attr(False, len(known), mtime, exact=True) if known else Attr(False, 0, mtime)
         members = Member(self._ns, self._record, "").entries()
         info = Attr(False, self._ns.info_size(self._record), mtime, exact=True)
-        fixed = [("_info.json", info), ("_product.json", product)]
+        fixed = [("_info.json", info)]
+        if self._product_readable():
+            # Its size is only known after its request, which a listing must not make.
+            known = self._ns.catalog.known_product_bytes(self._record["_id"])
+            exact = Attr(False, len(known), mtime, exact=True) if known else None
+            fixed.append(("_product.json", exact or Attr(False, 0, mtime)))
         return fixed + self._beside.shown(members)
 
 
@@ -330,12 +394,9 @@ class Member(Node):
         return self._ns.objects.contents(self._record["_id"], self._archive_size())
 
     def attr(self) -> Attr:
-        known = self.known_attr()
-        if known is not None:
-            return known
-        sizes = self._ns.catalog.member_sizes(self._record)  # asked while the archive is not local
-        if sizes is not None:
-            return _listed_attr(sizes, self._relpath, _created(self._record))
+        listed = self.listed_attr()  # the file listing is asked for while the archive is not local
+        if listed is not None:
+            return listed
         return _member_attr(self._contents().lookup(self._relpath))
 
     def known_attr(self) -> Attr | None:
@@ -349,6 +410,15 @@ class Member(Node):
             return _listed_attr(sizes, self._relpath, _created(record))
         contents = self._ns.objects.committed(record["_id"], self._archive_size())
         return None if contents is None else _member_attr(contents.lookup(self._relpath))
+
+    def listed_attr(self) -> Attr | None:
+        """`known_attr`, else what the object's file listing says where it has one (asked for
+        once, then kept): never downloads. None while only a download could tell."""
+        known = self.known_attr()
+        if known is not None:
+            return known
+        sizes = self._ns.catalog.member_sizes(self._record)
+        return None if sizes is None else _listed_attr(sizes, self._relpath, _created(self._record))
 
     def lookup(self, name: str) -> Node:
         return Member(self._ns, self._record, f"{self._relpath}/{name}" if self._relpath else name)

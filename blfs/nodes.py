@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from blfs.errors import BlfsError, NotFound
+from blfs.errors import AccessDenied, BlfsError, NotFound
 from blfs.ids import is_object_id
 from blfs.names import Named
 
@@ -208,6 +208,34 @@ class DirNode(Node):
         own = [(name, node.attr()) for name, node in self._fixed.items()]
         rest = [] if self._rest is None else self._rest().entries()
         return own + [(name, attr) for name, attr in rest if name not in self._fixed]
+
+
+class Guarded(Node):
+    """A directory shown to everyone that only some may read (DESIGN §1.1): while `refusal`
+    gives a reason, its listing and every lookup inside it are refused (EACCES) with it, so a
+    walk never meets an entry it cannot `stat`."""
+
+    def __init__(self, inner: Node, refusal: Callable[[], str | None]) -> None:
+        super().__init__(inner.attr())
+        self._inner = inner
+        self._refusal = refusal
+
+    def _check(self) -> None:
+        reason = self._refusal()
+        if reason is not None:
+            raise AccessDenied(reason)
+
+    def lookup(self, name: str) -> Node:
+        self._check()
+        return self._inner.lookup(name)
+
+    def entries(self) -> list[tuple[str, Attr]]:
+        self._check()
+        return self._inner.entries()
+
+    def listing(self) -> tuple[list[tuple[str, Attr]], bool]:
+        self._check()
+        return self._inner.listing()
 
 
 class NamedDir(Node):

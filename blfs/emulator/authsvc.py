@@ -72,7 +72,24 @@ def routes(app: App) -> list:
             fresh["profile"] = {}
         return json_response({"jwt": app.signer.issue(fresh, _ttl(body, DEFAULT_TTL_MS))})
 
+    def profile(request: Request) -> Response:
+        """The user's own profile (auth's `GET /profile`): the safe fields and the private
+        profile, where the data-use agreements the user accepted are kept."""
+        try:
+            claims = app.user(request)
+        except ApiError as exc:
+            raise ApiError(str(exc), 401) from exc
+        user = app.store.one("users", {"sub": claims["sub"]})
+        if user is None:
+            return json_response(None)
+        private = {"agreements": user.get("agreements") or {}}
+        fields = ("sub", "fullname", "email", "username", "active")
+        return json_response(
+            {**{k: user.get(k) for k in fields}, "profile": {"public": {}, "private": private}}
+        )
+
     return [
+        route("GET", "/profile", profile),
         route("POST", "/local/auth", login),
         route("POST", "/ldap/auth", login),
         route("POST", "/refresh", refresh),
