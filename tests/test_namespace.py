@@ -72,9 +72,11 @@ def shown_in_project(emulator, project_name: str) -> list[dict]:
     ]
 
 
-def object_dirs(ns: Namespace, root: str, skip: tuple[str, ...] = ("bids",)) -> set[str]:
-    """Relative paths of every `<object-id>/` under `root` (a release: its `bids/` view aside),
-    found by listing only."""
+def object_dirs(
+    ns: Namespace, root: str, skip: tuple[str, ...] = ("bids", "ACCESS.txt")
+) -> set[str]:
+    """Relative paths of every `<object-id>/` under `root` (a release: its `bids/` view and
+    ACCESS.txt aside), found by listing only."""
     found: set[str] = set()
 
     def walk(path: str, rel: str) -> None:
