@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,13 @@ from .nifti import image_shape, write_nifti_gz
 from .tarwriter import TarWriter
 
 LEGACY_IMAGE_BYTES = 64 * 1024
-DWI_VOLUMES = 7
+# A DWI shell as a tensor fit wants it: b=0 volumes, then directions spread over the sphere.
+DWI_B0S = 3
+DWI_DIRECTIONS = 32
+DWI_VOLUMES = DWI_B0S + DWI_DIRECTIONS
+DWI_BVALUE = 1000
 BOLD_VOLUMES = 10
+BOLD_TR = 2.0  # seconds: the sample's RepetitionTime and the image's time step
 TRACTS = ("Left_Arcuate", "Right_Arcuate", "Forceps_Major", "Left_IFOF", "Right_IFOF")
 
 
@@ -134,6 +140,37 @@ def _csv(rows: int, columns: tuple[str, ...], seed: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def gradient_directions(count: int) -> list[tuple[float, float, float]]:
+    """`count` distinct unit vectors spread evenly over a hemisphere (a golden-angle spiral),
+    as a DWI acquisition scheme spreads its gradient directions."""
+    golden = math.pi * (3 - math.sqrt(5))
+    directions = []
+    for i in range(count):
+        z = 1 - (i + 0.5) / count  # (0, 1]: one hemisphere, no antipodal pair
+        radius = math.sqrt(1 - z * z)
+        directions.append((radius * math.cos(golden * i), radius * math.sin(golden * i), z))
+    return directions
+
+
+def dwi_gradients() -> tuple[bytes, bytes]:
+    """dwi.bvals and dwi.bvecs (FSL's layout: one row of b-values, three rows of vectors)."""
+    vectors = [(0.0, 0.0, 0.0)] * DWI_B0S + gradient_directions(DWI_DIRECTIONS)
+    bvals = " ".join(["0"] * DWI_B0S + [str(DWI_BVALUE)] * DWI_DIRECTIONS) + "\n"
+    bvecs = "".join(" ".join(f"{v[axis]:.6f}" for v in vectors) + "\n" for axis in range(3))
+    return bvals.encode(), bvecs.encode()
+
+
+def events_tsv(seed: int) -> bytes:
+    """A block design that ends within the run (BOLD_VOLUMES × BOLD_TR seconds)."""
+    run = BOLD_VOLUMES * BOLD_TR
+    offset = (seed % 3) * 0.5
+    rows = [
+        f"{onset + offset:.1f}\t2.0\t{'left' if i % 2 else 'right'}\n"
+        for i, onset in enumerate(range(0, int(run) - 4, 3))
+    ]
+    return ("onset\tduration\ttrial_type\n" + "".join(rows)).encode()
+
+
 def _members(datatype: str, image_bytes: int, label: str, seed: int) -> list[tuple]:
     """(kind, name[, payload]) in archive order: "dir", "file" (bytes) or "image" (shape)."""
     if datatype == "neuro/anat/t1w":
@@ -141,23 +178,16 @@ def _members(datatype: str, image_bytes: int, label: str, seed: int) -> list[tup
     if datatype == "neuro/anat/t2w":
         return [("image", "t2.nii.gz", image_shape(image_bytes))]
     if datatype == "neuro/dwi":
-        bvals = " ".join(["0"] + ["1000"] * (DWI_VOLUMES - 1)) + "\n"
-        bvecs = "".join(
-            " ".join(f"{((i + axis) % 3 == 0) * 1.0:.1f}" for i in range(DWI_VOLUMES)) + "\n"
-            for axis in range(3)
-        )
+        bvals, bvecs = dwi_gradients()
         return [
-            ("file", "dwi.bvals", bvals.encode()),
-            ("file", "dwi.bvecs", bvecs.encode()),
+            ("file", "dwi.bvals", bvals),
+            ("file", "dwi.bvecs", bvecs),
             ("image", "dwi.nii.gz", image_shape(image_bytes, DWI_VOLUMES)),
         ]
     if datatype == "neuro/func/task":
-        events = "onset\tduration\ttrial_type\n" + "".join(
-            f"{10 * i + seed % 5}\t5\t{'left' if i % 2 else 'right'}\n" for i in range(12)
-        )
         return [
             ("image", "bold.nii.gz", image_shape(image_bytes, BOLD_VOLUMES)),
-            ("file", "events.tsv", events.encode()),
+            ("file", "events.tsv", events_tsv(seed)),
         ]
     if datatype == "neuro/tractprofile":
         columns = ("fa", "md", "ad", "rd", "x", "y", "z")

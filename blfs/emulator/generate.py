@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .content import DATATYPES, Datatype, write_archive
+from .content import BOLD_TR, DATATYPES, Datatype, write_archive
 from .nifti import image_shape, write_nifti_gz
 from .s3files import S3_STORAGE, recorded_size
 from .tokens import generate_keys
@@ -74,13 +74,13 @@ PROJECTS = (
 
 # BIDS keys without which a datatype's objects are not BIDS (every bold run names its task).
 REQUIRED_BIDS_META: dict[str, dict] = {
-    "neuro/func/task": {"TaskName": "rest", "RepetitionTime": 2.0}
+    "neuro/func/task": {"TaskName": "rest", "RepetitionTime": BOLD_TR}
 }
 # BIDS keys the BIDS Study's objects carry.
 BIDS_META: dict[str, dict] = {
     "neuro/anat/t1w": {"EchoTime": 0.0029, "MagneticFieldStrength": 3, "Manufacturer": "Siemens"},
     "neuro/dwi": {"EchoTime": 0.08, "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05},
-    "neuro/func/task": {"TaskName": "rest", "RepetitionTime": 2.0, "EchoTime": 0.03},
+    "neuro/func/task": {"TaskName": "rest", "RepetitionTime": BOLD_TR, "EchoTime": 0.03},
 }
 
 

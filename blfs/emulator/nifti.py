@@ -2,7 +2,9 @@
 
 Headers are built once per shape with nibabel; the voxel data is a repeated pseudo-random block,
 so a 3 GB image costs disk bandwidth, not memory or CPU. Deflate level 0 keeps the `.nii.gz`
-size predictable (about the image size) and the writing fast.
+size predictable (about the image size) and the writing fast. Each header has a real
+orientation (qform and sform, scanner coordinates, RAS+, the volume centred on the origin), so
+MRtrix, Workbench and nilearn take it as it is instead of warning and guessing one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ DESCRIP_OFFSET = 148
 DESCRIP_LENGTH = 80
 BLOCK_BYTES = 1 << 20
 MAX_DIM = 32767
+SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
 
 
 def image_shape(nbytes: int, volumes: int = 1) -> tuple[int, ...]:
@@ -35,6 +38,10 @@ def _header(shape: tuple[int, ...]) -> bytes:
     header.set_data_shape(shape)
     header.set_data_dtype(np.int16)
     header.set_zooms((1.0,) * 3 + (2.0,) * (len(shape) - 3))
+    affine = np.eye(4)
+    affine[:3, 3] = [-(n - 1) / 2 for n in shape[:3]]  # 1 mm voxels, centred on the origin
+    header.set_qform(affine, code=SCANNER)
+    header.set_sform(affine, code=SCANNER)
     header["vox_offset"] = VOX_OFFSET
     header.set_xyzt_units("mm", "sec")
     return header.binaryblock + bytes(VOX_OFFSET - 348)
