@@ -437,6 +437,16 @@ def test_participants_are_the_published_table_or_access_denied(client, emulator)
         client.participants(project_id(emulator, "Guest Study"))
 
 
+def test_accepted_agreements_are_the_users_own_from_the_auth_profile(emulator, tmp_path):
+    (agreement,) = next(p for p in emulator.db("projects") if p["agreements"])["agreements"]
+    demo = make_client(emulator, emulator.token("demo"), tmp_path / "demo")
+    alice = make_client(emulator, emulator.token("alice"), tmp_path / "alice")
+    assert demo.accepted_agreements() == []
+    assert agreement["_id"] in alice.accepted_agreements()
+    with pytest.raises(AccessDenied):
+        make_client(emulator, None, tmp_path / "guest").accepted_agreements()
+
+
 def test_object_files_are_the_archive_members_sizes_over_every_page(emulator, token, tmp_path):
     """Pages of one entry each: every folder and continuation token followed, one page per
     file or folder of the object."""
