@@ -11,7 +11,7 @@ import contextlib
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blfs import bids
@@ -19,7 +19,7 @@ from blfs.auth import claims
 from blfs.errors import AccessDenied, NotFound
 from blfs.metacache import MetaCache
 from blfs.metastore import MetaStore
-from blfs.names import Named, unique_names
+from blfs.names import Named, id_suffix, pattern_safe, unique_names
 from blfs.nodes import Attr, json_bytes
 from blfs.tree import DATASET_SELECT, Branch, build_tree, records, timestamp
 
@@ -72,21 +72,33 @@ def label(record: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class TaskListing:
-    """A task directory from `/task/ls`, and which of its files are symlinks (whose listed size
-    is the link's own, not that of the file a download serves)."""
+    """A task directory from `/task/ls` by shown name (DESIGN §1.1: no glob metacharacter),
+    which of its files are symlinks (whose listed size is the link's own, not that of the file
+    a download serves), and the server's name of each file shown under another one."""
 
     attrs: dict[str, Attr]
     file_links: frozenset[str]
+    listed: dict[str, str] = field(default_factory=dict)
+
+    def listed_name(self, shown: str) -> str:
+        """The server's name of the file shown as `shown`."""
+        return self.listed.get(shown, shown)
 
 
-def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
-    """Symlinks count as what they point to; broken ones (no `directory` flag) are hidden."""
-    shown: dict[str, Attr] = {}
-    file_links = set()
+def task_listing(entries: Iterable[dict[str, Any]], clash_suffix: str = "") -> TaskListing:
+    """Symlinks count as what they point to; broken ones (no `directory` flag) are hidden; a
+    name with a glob metacharacter is shown mapped (`pattern_safe`, `clash_suffix` on a clash)."""
+    valid = {}
     for entry in entries:
         name = entry.get("filename") or ""
         if name in ("", ".", "..") or "/" in name or "directory" not in entry:
             continue
+        valid[name] = entry
+    names = pattern_safe(valid, clash_suffix)
+    shown: dict[str, Attr] = {}
+    file_links = set()
+    for name, listed in names.items():
+        entry = valid[listed]
         attrs = entry.get("attrs") or {}
         is_dir = bool(entry["directory"])
         size = 0 if is_dir else int(attrs.get("size") or 0)
@@ -94,7 +106,8 @@ def task_listing(entries: Iterable[dict[str, Any]]) -> TaskListing:
         shown[name] = Attr(is_dir, size, timestamp(attrs.get("mtime")), exact=not link)
         if link:
             file_links.add(name)
-    return TaskListing(dict(sorted(shown.items())), frozenset(file_links))
+    renamed = {name: listed for name, listed in names.items() if name != listed}
+    return TaskListing(dict(sorted(shown.items())), frozenset(file_links), renamed)
 
 
 def _not_shown(record: dict[str, Any], datatypes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -317,7 +330,7 @@ class Catalog:
         return self._cache.get(
             ("task_ls", task["_id"], relpath),
             functools.partial(self._client.task_ls, task["_id"], relpath),
-            task_listing,
+            functools.partial(task_listing, clash_suffix=id_suffix(task["_id"][:8])),
             ttl=self._task_ttl(task),
         )
 

@@ -47,6 +47,24 @@ def id_suffix(hex_id: str) -> str:
     return f" ({hex_id})"
 
 
+def pattern_safe(names: Iterable[str], clash_suffix: str) -> dict[str, str]:
+    """Shown name → listed name for files named by the server (task outputs), in the order
+    given. A name that holds no glob metacharacter is shown as it is; one that does is shown as
+    `safe_name` maps it, with `clash_suffix` when another file already has that name."""
+    listed = list(names)
+    shown = {name: name for name in listed if safe_name(name) == name}
+    for name in listed:
+        if safe_name(name) == name:
+            continue
+        mapped = safe_name(name)
+        if mapped in shown:
+            mapped = safe_name(name, clash_suffix)
+        if mapped in shown:
+            mapped = safe_name(name, f"{clash_suffix}{id_suffix(str(len(shown)))}")
+        shown[mapped] = name
+    return shown
+
+
 @dataclass
 class Named(Generic[T]):
     """The children of a directory of named records: listed names plus unlisted id aliases."""

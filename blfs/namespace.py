@@ -484,7 +484,8 @@ class TaskDir(Node):
         attr = listing.attrs.get(name)
         if attr is None:
             raise NotFound(f"no such file: {name}")
-        path = f"{self._relpath}/{name}" if self._relpath else name
+        listed = listing.listed_name(name)  # the server's name, for its requests
+        path = f"{self._relpath}/{listed}" if self._relpath else listed
         if attr.is_dir:
             return TaskDir(self._ns, self._task, path, attr)
         if name in listing.file_links:

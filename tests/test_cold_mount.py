@@ -213,3 +213,30 @@ def test_a_guest_sees_why_the_data_is_refused(emulator, tmp_path):
         assert caught.value.errno == errno.EACCES
         (one, *_) = [p for p in release.rglob("*") if OBJECT_ID.match(p.name)]
         assert refused(one) and os.lstat(one / "_info.json").st_size > 0
+
+
+def test_task_outputs_named_with_glob_metacharacters_are_shown_so_patterns_find_them(
+    scratch_emulator, tmp_path
+):
+    from test_user_views import lab_task
+
+    home = tmp_path / "home"
+    save_token(home, scratch_emulator.url, scratch_emulator.token("demo"))
+    task = lab_task(scratch_emulator, "finished")
+    output = scratch_emulator.data / "tasks" / task["instance_id"] / task["_id"] / "output"
+    written = {"roi[1].csv": b"bracketed\n", "roi(1).csv": b"plain\n", "all*.txt": b"star\n"}
+    (output / "run[2]").mkdir()
+    (output / "run[2]" / "fa?.csv").write_bytes(b"nested\n")
+    for name, data in written.items():
+        (output / name).write_bytes(data)
+    with mounted(scratch_emulator.url, home, cache_dir=tmp_path / "cache") as mount:
+        shown = mount.path / "tasks" / task["_id"] / "output"
+        names = os.listdir(shown)
+        assert not [n for n in names if GLOB_METACHARACTERS.search(n)], names
+        suffix = f" ({task['_id'][:8]})"
+        assert (shown / "roi(1).csv").read_bytes() == b"plain\n"
+        assert (shown / f"roi(1).csv{suffix}").read_bytes() == b"bracketed\n"
+        assert (shown / "all_.txt").read_bytes() == b"star\n"
+        assert (shown / "run(2)" / "fa_.csv").read_bytes() == b"nested\n"
+        for name in names:
+            assert glob.glob(glob.escape(str(shown / name))) == [str(shown / name)]

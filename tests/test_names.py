@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blfs.names import safe_name, unique_names
+from blfs.names import pattern_safe, safe_name, unique_names
 
 A = "aaaaaaaa00000000000000a1"
 B = "bbbbbbbb00000000000000b2"
@@ -75,3 +75,13 @@ def test_no_name_holds_a_glob_metacharacter_and_brackets_become_parentheses():
     assert named.by_name == {"Study (v2) (aaaaaaaa)": 1, "Study (v2) (bbbbbbbb)": 2, "Rest_": 3}
     assert named.get(A) == 1
     assert not any(set(name) & set("[]*?") for name in named.by_name)
+
+
+def test_server_named_files_keep_their_names_unless_a_pattern_would_misread_them():
+    shown = pattern_safe(["a(1).txt", "a[1].txt", "b*.csv", "plain"], " (aaaaaaaa)")
+    assert shown == {
+        "a(1).txt": "a(1).txt",
+        "plain": "plain",
+        "a(1).txt (aaaaaaaa)": "a[1].txt",
+        "b_.csv": "b*.csv",
+    }
