@@ -8,7 +8,6 @@ task files to the task-file store. Knows nothing of FUSE.
 
 from __future__ import annotations
 
-import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from blfs import bids
 from blfs.bids_nodes import BidsDir
-from blfs.catalog import Catalog, is_finished, on_s3
+from blfs.catalog import Catalog, archive_length, is_finished
 from blfs.errors import NotFound, SizeMismatch
 from blfs.ids import is_object_id
 from blfs.names import Named, unique_names
@@ -44,18 +43,6 @@ TASK_METADATA = "_task.json"
 INSTANCE_METADATA = "_instance.json"
 STATES = "object-states.json"
 PARTICIPANTS = ("participants.tsv", "participants.json")
-# Keys of a task's or process's record that may hold credentials: an app's config can take a
-# token or a password, and amaretti keeps the environment a task runs with.
-_SECRET = re.compile(r"token|secret|passw|credential|jwt|api_?key|private|^_?envs?$", re.I)
-
-
-def without_secrets(value: Any) -> Any:
-    """A record as the API gives it, minus every key (at any depth) that may hold a secret."""
-    if isinstance(value, dict):
-        return {k: without_secrets(v) for k, v in value.items() if not _SECRET.search(str(k))}
-    if isinstance(value, list):
-        return [without_secrets(item) for item in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -187,7 +174,7 @@ class Namespace:
             lambda: self.catalog.tasks(instance["_id"], reserved=[INSTANCE_METADATA]),
             lambda task: TaskDir(self, task, "", directory(timestamp(task.get("create_date")))),
         )
-        metadata = JsonFile(without_secrets(instance), mtime)
+        metadata = JsonFile(instance, mtime)
         return DirNode(directory(mtime), {INSTANCE_METADATA: metadata}, lambda: tasks)
 
     def _object_by_id(self, object_id: str) -> Node:
@@ -222,7 +209,9 @@ class ProjectDir(DirNode):
         catalog, project_id, mtime = self._ns.catalog, self._project["_id"], self._attr.mtime
         if name == STATES:
             return JsonFile(catalog.object_states(project_id), mtime)
-        table = catalog.participants(project_id) or {}
+        table = catalog.participants(project_id)
+        if table is None:  # refused after all, or unanswered: left out
+            raise NotFound(f"no participant table of project {project_id}")
         rows = table.get("subjects") or []
         tsv, sidecar = bids.participants([bids.label(r.get("subject")) for r in rows], table)
         return BytesFile(tsv if name == "participants.tsv" else sidecar or b"{}\n", mtime)
@@ -323,8 +312,7 @@ class Member(Node):
         self._relpath = relpath
 
     def _archive_size(self) -> int | None:
-        record = self._record
-        return None if on_s3(record) else record.get("size")  # else the files' total
+        return archive_length(self._record)
 
     def _contents(self) -> ObjectContents:
         return self._ns.objects.contents(self._record["_id"], self._archive_size())
@@ -403,7 +391,7 @@ class TaskDir(Node):
         self._beside = Beside(metadata, task["_id"])
 
     def _metadata(self) -> JsonFile:
-        return JsonFile(without_secrets(self._task), self._attr.mtime)
+        return JsonFile(self._task, self._attr.mtime)
 
     def lookup(self, name: str) -> Node:
         if name in self._beside.metadata:
