@@ -289,7 +289,7 @@ class Client:
             if budget[0] <= 0:
                 raise _unusable(project_id, prefix, f"more than {LISTING_REQUESTS} requests")
             budget[0] -= 1
-            page = self._get_json(url, params, Auth.REQUIRED)
+            page = self._files_page(url, params)
             yield page
             if not page.get("isTruncated"):
                 return
@@ -300,6 +300,22 @@ class Client:
                 raise _unusable(project_id, prefix, "a continuation token repeated")
             seen.add(token)
             params = {**params, "continuationToken": token}
+
+    def _files_page(self, url: str, params: dict[str, Any]) -> Any:
+        """One page, one attempt: a listing is a hint the archive can do without, so a failure
+        is not retried, nor taken to mean the server is down."""
+        headers = self._auth_headers(Auth.REQUIRED)
+        try:
+            response = self._attempt("GET", url, params=params, headers=headers)
+        except _Failure as exc:
+            raise exc.error from None
+        with response:
+            if not response.ok:
+                raise _classify(response).error
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise RemoteError(f"{printable(response.url)} answered with invalid JSON") from exc
 
     def download_dataset(self, dataset_id: str) -> Download:
         _check_id(dataset_id, "data-object")

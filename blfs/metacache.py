@@ -122,21 +122,22 @@ class MetaCache:
 
     def _from_disk(self, answer: _Answer[V]) -> _Known[V] | None:
         """The stored answer, kept in memory and served at once: when older than its lifetime
-        it counts fresh for one more while a background refresh runs (if it can be fetched)."""
+        it counts fresh for one more while a background refresh runs (if it can be fetched).
+        One whose lifetime depends on it (a doubt, kept only for a backoff) is never served
+        past its lifetime: it is asked again first."""
         stored = self._store.load(_store_key(answer.key)) if self._store is not None else None
         if stored is None:
             return None
         try:
             value = answer.build(stored.body)
+            left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None  # not an answer this version of blfs can read: fetch it again
-        left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
+        grace = left <= 0 and not callable(answer.lifetime)
+        expires = self._clock() + (left if left > 0 else self.ttl if grace else 0.0)
         with self._lock:
-            known = self._known.setdefault(
-                answer.key,
-                _Known(value, hash(stored.text), self._clock() + (left if left > 0 else self.ttl)),
-            )
-        if left <= 0 and answer.fetch is not None:
+            known = self._known.setdefault(answer.key, _Known(value, hash(stored.text), expires))
+        if grace and answer.fetch is not None:
             self._background.submit(answer)
         return known
 
