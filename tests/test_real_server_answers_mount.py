@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 from mount_fixtures import Mount, mounted, save_token
 from test_bids_mount import FILES, STUDY, downloads, listings, study_objects
+from test_emulator_tls import self_signed
 from test_mount import archive_members
 
+from blfs.emulator.control import EmulatorProcess
 from blfs.emulator.generate import SAMPLE_JWT, SAMPLE_SECRET
 from blfs.failures import FIRST_BACKOFF
 
@@ -233,3 +236,75 @@ def test_amaretti_texts_for_a_task_it_cannot_serve(
     emulator.reset()
     emulator.set(fail=[{"path": "/task/ls/", "status": 502, "times": 1}])
     assert "_task.json" in os.listdir(task_dir)
+
+
+BL_VERSION = "1.8.2"  # the official CLI, npm package `brainlife`
+
+
+@pytest.fixture(scope="session")
+def bl_command() -> Path:
+    """The official `bl` CLI: on PATH, or installed once with npm into a cache kept across
+    runs. Under CI a machine without npm fails here rather than skipping."""
+    found = shutil.which("bl")
+    if found:
+        return Path(found)
+    prefix = Path.home() / ".cache" / "blfs-tests" / f"brainlife-{BL_VERSION}"
+    command = prefix / "node_modules" / ".bin" / "bl"
+    if command.exists():
+        return command
+    if shutil.which("npm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the `bl` CLI is needed under CI: install node and npm")
+        pytest.skip("no npm to install the `bl` CLI with")
+    installed = subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
+         f"brainlife@{BL_VERSION}"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert installed.returncode == 0 and command.exists(), installed.stderr[-2000:]
+    return command
+
+
+@pytest.mark.timeout(900)  # the first run installs the CLI
+def test_bl_bids_download_over_tls_gets_the_mounts_bytes(
+    bl_command, emulator_data, tmp_path, monkeypatch
+):
+    """`bl bids download` against the emulator served over TLS: the script it runs fetches
+    from the scheme the server is served with, and every file it unpacks has the bytes the
+    mount shows for the same object."""
+    cert, key = self_signed(tmp_path)
+    server = EmulatorProcess(emulator_data, tls=(cert, key))
+    try:
+        emulator = server.emulator
+        home = tmp_path / "home"
+        home.mkdir()
+        save_token(home, emulator.url, emulator.token("demo"))  # where `bl` reads it too
+        study = next(p["_id"] for p in emulator.db("projects") if p["name"] == STUDY)
+        out = tmp_path / "out"
+        out.mkdir()
+        env = dict(
+            os.environ,
+            HOME=str(home),
+            BLHOST=emulator.url.removeprefix("https://").removesuffix("/api"),
+            NODE_EXTRA_CA_CERTS=str(cert),
+            CURL_CA_BUNDLE=str(cert),
+        )
+        ran = subprocess.run(
+            [str(bl_command), "bids", "download", "--project", study, "--output", str(out)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        unpacked = {
+            path: path.relative_to(out).parts[2].rsplit(".id-", 1)[1]
+            for path in (out / f"proj-{study}").glob("sub-*/dt-*/**/*")
+            if path.is_file() and path.name != "_info.json"
+        }
+        assert len({object_id for object_id in unpacked.values()}) == len(study_objects(emulator))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # read by the mount: it wins
+        with mounted(emulator.url, home) as mount:
+            for path, object_id in unpacked.items():
+                inside = path.relative_to(next(p for p in path.parents if ".id-" in p.name))
+                shown = mount.path / "objects" / object_id / inside
+                assert shown.read_bytes() == path.read_bytes(), inside
+    finally:
+        server.stop()
