@@ -214,6 +214,7 @@ class Catalog:
         self._lock = threading.Lock()
         # Participant tables whose request failed: (failures in a row, when to ask again).
         self._unanswered: dict[str, tuple[int, float]] = {}
+        self._gone_tasks: set[str] = set()  # tasks whose listing amaretti said it has not
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
@@ -388,12 +389,22 @@ class Catalog:
         return max(FINISHED_TASK_TTL, self._cache.ttl) if is_finished(task) else None
 
     def task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
-        return self._cache.get(
-            ("task_ls", task["_id"], relpath),
-            functools.partial(self._client.task_ls, task["_id"], relpath),
-            task_listing,
-            ttl=self._task_ttl(task),
-        )
+        """A directory of the task's outputs. A task amaretti says it has no such task of (a
+        listed task that is gone) is ENOENT, said once in the log."""
+        try:
+            return self._cache.get(
+                ("task_ls", task["_id"], relpath),
+                functools.partial(self._client.task_ls, task["_id"], relpath),
+                task_listing,
+                ttl=self._task_ttl(task),
+            )
+        except NotFound as exc:
+            with self._lock:
+                first = task["_id"] not in self._gone_tasks
+                self._gone_tasks.add(task["_id"])
+            if first:
+                log.warning("task %s has no outputs to list: %s", task["_id"], exc)
+            raise
 
     def linked_size(self, task: dict[str, Any], path: str) -> int:
         """The size of the file a task symlink points to. `/task/ls` gives the link's own size

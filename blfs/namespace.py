@@ -330,13 +330,22 @@ class Member(Node):
         """The attributes as far as they are known without asking the server or for a download:
         from the object's file listing whenever it is known (so that a size once shown never
         changes), else from its committed archive; None while unknown; NotFound when the object
-        is known not to hold this path."""
+        is known not to hold this path (a listing alone never hides what the local archive
+        holds)."""
         record = self._record
         sizes = self._ns.catalog.known_member_sizes(record)
+        absent: NotFound | None = None
         if sizes is not None:
-            return _listed_attr(sizes, self._relpath, _created(record))
+            try:
+                return _listed_attr(sizes, self._relpath, _created(record))
+            except NotFound as exc:
+                absent = exc
         contents = self._ns.objects.committed(record["_id"], self._archive_size())
-        return None if contents is None else _member_attr(contents.lookup(self._relpath))
+        if contents is None:
+            if absent is not None:
+                raise absent
+            return None
+        return _member_attr(contents.lookup(self._relpath))
 
     def lookup(self, name: str) -> Node:
         return Member(self._ns, self._record, f"{self._relpath}/{name}" if self._relpath else name)
