@@ -65,6 +65,15 @@ def view_sizes(root: Path) -> dict[str, int]:
     return sizes
 
 
+def view_names(root: Path) -> set[str]:
+    """Every file a walk of a BIDS view lists."""
+    return {
+        str((Path(directory) / name).relative_to(root))
+        for directory, _, names in os.walk(root)
+        for name in names
+    }
+
+
 @pytest.fixture(scope="module")
 def default_view(emulator_server, tmp_path_factory) -> dict[str, int]:
     """The BIDS Study's view against the emulator's own answers, from a fresh cache."""
@@ -83,7 +92,9 @@ def test_s3_objects_read_right_whatever_the_files_route_answers(
     cache = user_home / "cache"
     with mounted(emulator.url, user_home, cache_dir=cache) as mount:
         read_by_path(mount, emulator, probed(emulator))
-        assert view_sizes(mount.path / "projects" / STUDY / "bids") == default_view
+        view = mount.path / "projects" / STUDY / "bids"
+        assert view_sizes(view) == default_view
+        assert view_names(view) == set(default_view)  # what turned out missing is not listed
         asked = len(listings(emulator))
         assert 0 < asked <= REQUESTS_PER_OBJECT * len(on_s3(emulator)), asked
     emulator.reset()
