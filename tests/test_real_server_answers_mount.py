@@ -322,3 +322,21 @@ def test_bl_bids_download_over_tls_gets_the_mounts_bytes(
                 assert shown.read_bytes() == path.read_bytes(), inside
     finally:
         server.stop()
+
+
+def test_objects_of_an_unknown_storage_kind_read_right_said_once(scratch_emulator, tmp_path):
+    """A kind no source names: its `size` is not taken for the archive's length (here it is the
+    files' total, as on S3, and the download comes without Content-Length), and the log says
+    so once for all its objects."""
+    emulator = scratch_emulator
+    study = next(p["_id"] for p in emulator.db("projects") if p["name"] == STUDY)
+    objects = [o for o in emulator.db("datasets") if o["project"] == study][:2]
+    emulator.put_records("datasets", [{**o, "storage": "s3-glacier-7"} for o in objects])
+    emulator.set(variants={"download": "no_length"})
+    home = tmp_path / "home"
+    home.mkdir()
+    save_token(home, emulator.url, emulator.token("demo"))
+    with mounted(emulator.url, home) as mount:
+        read_by_path(mount, emulator, objects)
+        assert mount.log().count("unknown storage kind 's3-glacier-7'") == 1
+        assert sorted(downloads(emulator)) == sorted(o["_id"] for o in objects)
