@@ -610,7 +610,8 @@ def _tls_failure(url: str, exc: requests.exceptions.SSLError) -> str:
 
 def _listing_page(page: Any, prefix: str) -> tuple[list[tuple[str, int]], list[str]]:
     """A files-API page's files (name, size) and folders, by name relative to the prefix
-    listed; RemoteError for any other shape (a raw S3 answer, a name from elsewhere)."""
+    listed; RemoteError for any other shape (a raw S3 answer, a name from elsewhere). The
+    prefix's own entry (S3's directory marker, an empty object) is no file of it."""
     if not isinstance(page, dict):
         raise RemoteError(f"files listing of {prefix!r}: not a JSON object")
     objects, folders = page.get("objects"), page.get("folders")
@@ -621,23 +622,37 @@ def _listing_page(page: Any, prefix: str) -> tuple[list[tuple[str, int]], list[s
         size = row.get("Size") if isinstance(row, dict) else None
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise RemoteError(f"files listing of {prefix!r}: a file without a size: {row!r:.80}")
-        files.append((_listed_name(row, prefix), size))
-    return files, [_listed_name(row, prefix) for row in folders]
+        name = _listed_name(row, prefix)
+        if name is None and size:
+            raise _not_under(row, prefix)
+        if name is not None:
+            files.append((name, size))
+    subfolders = [_listed_name(row, prefix) for row in folders]
+    return files, [name for name in subfolders if name is not None]
 
 
-def _listed_name(row: Any, prefix: str) -> str:
+def _listed_name(row: Any, prefix: str) -> str | None:
     """A listed `Name` relative to `prefix`: as given, with the prefix, or a full key ending in
-    the prefix; never one with a `/` left inside (the listing is delimited)."""
+    the prefix; never one with a `/` left inside (the listing is delimited). None for the
+    prefix itself."""
     name = row.get("Name") if isinstance(row, dict) else None
     if not isinstance(name, str):
         raise RemoteError(f"files listing of {prefix!r}: an entry without a name: {row!r:.80}")
-    name = name.rstrip("/")
+    name, listed = name.rstrip("/"), prefix.rstrip("/")
+    if name in ("", listed) or name.endswith(f"/{listed}"):
+        return None
     if "/" in name:
         at = f"/{name}".rfind(f"/{prefix}")
-        name = f"/{name}"[at + 1 + len(prefix) :] if at >= 0 else name
-    if not name or "/" in name or name in (".", ".."):
-        raise RemoteError(f"files listing of {prefix!r}: a name not under it: {row['Name']!r:.80}")
+        if at < 0:
+            raise _not_under(row, prefix)
+        name = f"/{name}"[at + 1 + len(prefix) :]
+    if "/" in name or name in (".", ".."):
+        raise _not_under(row, prefix)
     return name
+
+
+def _not_under(row: dict[str, Any], prefix: str) -> RemoteError:
+    return RemoteError(f"files listing of {prefix!r}: a name not under it: {row['Name']!r:.80}")
 
 
 def _unusable(project_id: str, prefix: str, why: str) -> RemoteError:

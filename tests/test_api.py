@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from blfs.api import Client, printable
+from blfs.api import Client, _listing_page, printable
 from blfs.auth import TokenStore
 from blfs.errors import (
     AccessDenied,
@@ -512,3 +512,26 @@ def test_object_files_take_only_a_well_formed_complete_listing(
         with pytest.raises(error):
             client.object_files(record["project"], record["_id"])
     assert len(requests_to(emulator, f"/files/{record['project']}/", requests)) == requests
+
+
+def test_listed_names_are_taken_relative_full_or_as_the_prefixs_own_marker():
+    """However a server names its entries (relative, with the prefix, a full key under a root
+    we cannot know), each is read as the name under the prefix; S3's empty directory marker
+    for the prefix itself is no file; a name from elsewhere makes the page unusable."""
+    prefix = f"{UNKNOWN_ID}/profiles/"
+    page = {
+        "objects": [
+            {"Name": f"archive/p/{prefix}", "Size": 0},
+            {"Name": "a.csv", "Size": 3},
+            {"Name": f"{prefix}b.csv", "Size": 4},
+            {"Name": f"embargoed/p/{prefix}c.csv", "Size": 5},
+        ],
+        "folders": [{"Name": f"archive/p/{prefix}deeper/"}, {"Name": "more/"}],
+    }
+    assert _listing_page(page, prefix) == (
+        [("a.csv", 3), ("b.csv", 4), ("c.csv", 5)],
+        ["deeper", "more"],
+    )
+    for row in ({"Name": "elsewhere/a.csv", "Size": 1}, {"Name": prefix, "Size": 7}):
+        with pytest.raises(RemoteError, match="not under it"):
+            _listing_page({"objects": [row], "folders": []}, prefix)
