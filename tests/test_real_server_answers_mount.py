@@ -96,6 +96,7 @@ def test_s3_objects_read_right_whatever_the_files_route_answers(
         assert view_sizes(view) == default_view
         assert view_names(view) == set(default_view)  # what turned out missing is not listed
         asked = len(listings(emulator))
+        print(f"\nfiles route {variant}: {asked} requests for {len(on_s3(emulator))} objects")
         assert 0 < asked <= REQUESTS_PER_OBJECT * len(on_s3(emulator)), asked
     emulator.reset()
     with mounted(emulator.url, user_home, cache_dir=cache, name="again") as mount:
