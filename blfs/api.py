@@ -56,11 +56,18 @@ _READ_MIN = 1 << 16
 _READ_MAX = 1 << 20
 # Where a CA bundle for a server's certificate can be given, as requests and OpenSSL read it.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
-# Server messages (HTTP 500 bodies) meaning "no access" and "no such thing" (API §2, §4, §5).
+# Requests one object's S3 file listing may take, all folders and pages together: an object of
+# 100,000 files in 1000-key pages, and a bound on a server whose pages never end.
+LISTING_REQUESTS = 100
+# Server messages (HTTP 500 bodies) meaning "no access" and "no such thing" (API §2, §4, §5):
+# amaretti says "no such task id" (/task/:id) and "no such task" (/task/ls, /task/download).
 _NO_ACCESS = re.compile(r"no read access|can't access|don't have access", re.IGNORECASE)
-_NOT_FOUND = re.compile(r"no such task id|CastError", re.IGNORECASE)
-# 500 answers that a retry cannot change: the request itself is at fault.
-_PERMANENT = re.compile(r"SyntaxError|status it not stored|No such file", re.IGNORECASE)
+_NOT_FOUND = re.compile(r"no such task\b|CastError", re.IGNORECASE)
+# 500 answers that a retry cannot change: the request itself is at fault, or (amaretti's "no
+# resource currently available…") the one task's resources are offline, not the server.
+_PERMANENT = re.compile(
+    r"SyntaxError|status it not stored|No such file|no resource currently available", re.I
+)
 
 
 class Auth(enum.Enum):
@@ -238,44 +245,77 @@ class Client:
         _check_id(project_id, "project")
         return self._get_json(f"{self._warehouse}/participant/{project_id}", {}, Auth.OPTIONAL)
 
-    def object_files(self, project_id: str, dataset_id: str) -> dict[str, int] | None:
-        """The size of every file of a data-object stored on S3, by its path inside the object;
-        None when the project is not on S3 (HTTP 400); 403 and 404 raise as usual.
+    def object_files(self, project_id: str, dataset_id: str) -> dict[str, int]:
+        """The size of every file of a data-object stored on S3, by its path inside the object.
 
         The S3 "files" API (API §2) as the 2026 `bl` CLI calls it (`util.js#listWarehouseFiles`,
         `bl-data-query.js --s3`): `GET /files/<project>/<prefix>?limit=&continuationToken=`,
         pages chained by `nextContinuationToken` while `isTruncated`, each `{objects: [{Name,
-        Size}], folders: [{Name}]}`, folders printed by the CLI as `Name + "/"`. A project's
-        root is `archive/<project>/`, where app-archive copies an `s3fs` object's files to
-        `<object>/<path>`, so an object's prefix is its id (inferred). The listing is delimited
-        like S3's, so folders are listed in turn (inferred from `folders`). A `Name` is taken
-        relative to the listed prefix, with the prefix removed if it is a full key (inferred).
+        Size}], folders: [{Name}]}`, folders printed by the CLI as `Name + "/"`. No public server
+        code defines it, so everything else is inferred and checked: an object's prefix is its id
+        (app-archive copies an `s3fs` object's files to `<root>/<project>/<object>/<path>`), the
+        listing is delimited like S3's (folders are listed in turn), and a `Name` is relative to
+        the prefix listed or a full key ending in it. An answer of another shape, pages that do
+        not end properly (a token repeated, a truncated page without one, more than
+        `LISTING_REQUESTS` requests) or a name listed twice raise RemoteError, as HTTP errors
+        raise as usual: the caller then has no listing.
         """
         _check_id(project_id, "project")
         _check_id(dataset_id, "data-object")
         sizes: dict[str, int] = {}
         folders = [""]
-        try:
-            while folders:
-                folder = folders.pop()
-                prefix = f"{dataset_id}/{folder}"
-                for page in self._files_pages(project_id, prefix):
-                    files = _named(page, "objects", prefix)
-                    sizes |= {folder + name: int(row["Size"]) for name, row in files}
-                    folders += [f"{folder}{name}/" for name, _ in _named(page, "folders", prefix)]
-        except BadRequest:
-            return None
+        budget = [LISTING_REQUESTS]
+        while folders:
+            folder = folders.pop()
+            prefix = f"{dataset_id}/{folder}"
+            for page in self._files_pages(project_id, prefix, budget):
+                files, subfolders = _listing_page(page, prefix)
+                for name, size in files:
+                    if folder + name in sizes:
+                        raise _unusable(project_id, prefix, f"{folder + name!r} listed twice")
+                    sizes[folder + name] = size
+                folders += [f"{folder}{name}/" for name in subfolders]
         return sizes
 
-    def _files_pages(self, project_id: str, prefix: str) -> Iterator[dict[str, Any]]:
+    def _files_pages(
+        self, project_id: str, prefix: str, budget: list[int]
+    ) -> Iterator[dict[str, Any]]:
+        """The pages of one folder; `budget` counts down the requests the whole listing may
+        make."""
         url = f"{self._warehouse}/files/{project_id}/{quote(prefix.rstrip('/'))}"
         params: dict[str, Any] = {"limit": self.page_size}
+        seen: set[str] = set()
         while True:
-            page = self._get_json(url, params, Auth.REQUIRED)
+            if budget[0] <= 0:
+                raise _unusable(project_id, prefix, f"more than {LISTING_REQUESTS} requests")
+            budget[0] -= 1
+            page = self._files_page(url, params)
             yield page
-            if not page.get("isTruncated") or not page.get("nextContinuationToken"):
+            if not page.get("isTruncated"):
                 return
-            params = {**params, "continuationToken": page["nextContinuationToken"]}
+            token = page.get("nextContinuationToken")
+            if not isinstance(token, str) or not token:
+                raise _unusable(project_id, prefix, "a truncated page without a continuation token")
+            if token in seen:
+                raise _unusable(project_id, prefix, "a continuation token repeated")
+            seen.add(token)
+            params = {**params, "continuationToken": token}
+
+    def _files_page(self, url: str, params: dict[str, Any]) -> Any:
+        """One page, one attempt: a listing is a hint the archive can do without, so a failure
+        is not retried, nor taken to mean the server is down."""
+        headers = self._auth_headers(Auth.REQUIRED)
+        try:
+            response = self._attempt("GET", url, params=params, headers=headers)
+        except _Failure as exc:
+            raise exc.error from None
+        with response:
+            if not response.ok:
+                raise _classify(response).error
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise RemoteError(f"{printable(response.url)} answered with invalid JSON") from exc
 
     def download_dataset(self, dataset_id: str) -> Download:
         _check_id(dataset_id, "data-object")
@@ -577,13 +617,55 @@ def _tls_failure(url: str, exc: requests.exceptions.SSLError) -> str:
     )
 
 
-def _named(page: dict[str, Any], key: str, asked: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A files-API page's `objects` or `folders` by name relative to the prefix listed."""
-    prefix = page.get("prefix") or asked
-    for row in page.get(key) or []:
-        name = str(row["Name"]).removeprefix(prefix).strip("/")
-        if name:
-            yield name, row
+def _listing_page(page: Any, prefix: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """A files-API page's files (name, size) and folders, by name relative to the prefix
+    listed; RemoteError for any other shape (a raw S3 answer, a name from elsewhere). The
+    prefix's own entry (S3's directory marker, an empty object) is no file of it."""
+    if not isinstance(page, dict):
+        raise RemoteError(f"files listing of {prefix!r}: not a JSON object")
+    objects, folders = page.get("objects"), page.get("folders")
+    if not isinstance(objects, list) or not isinstance(folders, list):
+        raise RemoteError(f"files listing of {prefix!r}: no `objects` and `folders` lists")
+    files = []
+    for row in objects:
+        size = row.get("Size") if isinstance(row, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RemoteError(f"files listing of {prefix!r}: a file without a size: {row!r:.80}")
+        name = _listed_name(row, prefix)
+        if name is None and size:
+            raise _not_under(row, prefix)
+        if name is not None:
+            files.append((name, size))
+    subfolders = [_listed_name(row, prefix) for row in folders]
+    return files, [name for name in subfolders if name is not None]
+
+
+def _listed_name(row: Any, prefix: str) -> str | None:
+    """A listed `Name` relative to `prefix`: as given, with the prefix, or a full key ending in
+    the prefix; never one with a `/` left inside (the listing is delimited). None for the
+    prefix itself."""
+    name = row.get("Name") if isinstance(row, dict) else None
+    if not isinstance(name, str):
+        raise RemoteError(f"files listing of {prefix!r}: an entry without a name: {row!r:.80}")
+    name, listed = name.rstrip("/"), prefix.rstrip("/")
+    if name in ("", listed) or name.endswith(f"/{listed}"):
+        return None
+    if "/" in name:
+        at = f"/{name}".rfind(f"/{prefix}")
+        if at < 0:
+            raise _not_under(row, prefix)
+        name = f"/{name}"[at + 1 + len(prefix) :]
+    if "/" in name or name in (".", ".."):
+        raise _not_under(row, prefix)
+    return name
+
+
+def _not_under(row: dict[str, Any], prefix: str) -> RemoteError:
+    return RemoteError(f"files listing of {prefix!r}: a name not under it: {row['Name']!r:.80}")
+
+
+def _unusable(project_id: str, prefix: str, why: str) -> RemoteError:
+    return RemoteError(f"files listing of {prefix!r} in project {project_id} is incomplete: {why}")
 
 
 def _check_id(value: str, what: str) -> None:

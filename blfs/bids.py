@@ -262,6 +262,9 @@ class Source:
     records: tuple[Mapping[str, Any], ...]
     participants: Mapping[str, Any] | None
     release: Mapping[str, Any] | None = None
+    # The participant table's request went unanswered: participants.tsv is left out rather
+    # than shown without the table's columns (and changing once they come).
+    participants_left_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,8 +306,9 @@ def dataset_files(
             json_bytes(description(source.name, source.url, release=source.release))
         ),
         "README": Generated(source.readme.encode("utf-8")),
-        "participants.tsv": Generated(table),
     }
+    if not source.participants_left_out:
+        top["participants.tsv"] = Generated(table)
     if columns is not None:
         top["participants.json"] = Generated(columns)
     derived = [r for r in source.records if place(r, datatypes) is not None]

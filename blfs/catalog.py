@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from blfs import bids
 from blfs.auth import claims
-from blfs.errors import AccessDenied, NotFound
+from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError
+from blfs.failures import backoff
 from blfs.metacache import MetaCache
 from blfs.metastore import MetaStore
 from blfs.names import Named, id_suffix, pattern_safe, unique_names
@@ -26,12 +30,20 @@ from blfs.tree import DATASET_SELECT, Branch, build_tree, records, timestamp
 if TYPE_CHECKING:
     from blfs.api import Client
 
+log = logging.getLogger("blfs")
+
 # What the summary of objects in other states shows of each (the API requires `project`).
 STATE_SELECT = "project status status_msg meta datatype create_date"
 # A finished task's output never changes: its listings are kept this long (or `ttl` if longer).
 FINISHED_TASK_TTL = 24 * 3600.0
-# The `storage` of objects whose files are stored one by one on S3 (API §2), listed with sizes.
-S3_STORAGE = "s3fs"
+# Storage kinds (`storage`, API §2) as app-archive and the warehouse write them. S3 kinds keep
+# an object's files one by one (`s3fs` under `archive/<project>/<object>/`, `s3fs-embargo` under
+# `embargoed/…`), their `size` being the files' total; tar kinds keep one `.tar` whose length is
+# `size`; the other known kinds make the archive on the fly or borrow another object's, so their
+# `size` says nothing of a download's length.
+S3_KINDS = frozenset({"s3fs", "s3fs-embargo"})
+TAR_KINDS = frozenset({"local", "osn", "osiris", "project", "jetstream", "wrangler", "dc2"})
+OTHER_KINDS = frozenset({"copy", "url", "datalad", "xnat"})
 # Stored objects do not change: their `_product.json` is fetched once, then kept.
 PRODUCT_TTL = float("inf")
 
@@ -126,12 +138,75 @@ def _not_shown(record: dict[str, Any], datatypes: dict[str, dict[str, Any]]) -> 
 
 def on_s3(record: Mapping[str, Any]) -> bool:
     """Whether an object's files are on S3: then its `size` is their total, not an archive's."""
-    return record.get("storage") == S3_STORAGE
+    return record.get("storage") in S3_KINDS
+
+
+_unknown_kinds: set[str] = set()
+_unknown_lock = threading.Lock()
+
+
+def archive_length(record: Mapping[str, Any]) -> int | None:
+    """The length of the object's download when the server does not send one: `size` for the
+    kinds that store a tar, else None (the download is then read to its end and checked by the
+    tar itself). An unknown kind is logged once and taken the safe way, as not a tar's."""
+    storage = str(record.get("storage"))
+    if storage in TAR_KINDS:
+        size = record.get("size")
+        return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+    if storage not in S3_KINDS and storage not in OTHER_KINDS:
+        with _unknown_lock:
+            first = storage not in _unknown_kinds
+            _unknown_kinds.add(storage)
+        if first:
+            log.warning(
+                "objects of the unknown storage kind %r: their recorded size is not taken for"
+                " their archive's, and no file listing is asked for them",
+                storage,
+            )
+    return None
 
 
 def _listable(record: Mapping[str, Any]) -> bool:
     """Whether an object's files can be listed (with sizes) without a download."""
     return on_s3(record) and bool(record.get("project"))
+
+
+@dataclass(frozen=True)
+class S3Listing:
+    """An object's S3 listing as kept: its files' sizes when it passed the checks, else None
+    (a doubt) and how many answers in a row were doubtful."""
+
+    files: dict[str, int] | None
+    attempts: int = 0
+
+
+def _s3_listing(raw: Any) -> S3Listing:
+    """`{"files": …}` passed the checks, `{"doubt": …, "attempts": n}` did not. Anything else
+    (an earlier version's unchecked answer) raises, so it is asked again."""
+    if "files" in raw:
+        return S3Listing({str(path): int(size) for path, size in raw["files"].items()})
+    if isinstance(raw.get("doubt"), str):
+        return S3Listing(None, int(raw.get("attempts") or 1))
+    raise ValueError("not an S3 listing as this version keeps it")
+
+
+def _listing_lifetime(raw: Any) -> float:
+    """A checked listing is kept for good (a stored object's files never change); a doubt only
+    for the failure backoff, so that a later answer, or a later mount, gets the listing."""
+    if isinstance(raw, dict) and "files" in raw:
+        return float("inf")
+    attempts = raw.get("attempts") if isinstance(raw, dict) else None
+    return backoff(attempts if isinstance(attempts, int) else 1)
+
+
+def _check_total(files: dict[str, int], record: Mapping[str, Any]) -> None:
+    """A listing is consistent with its object when its sizes add up to the record's `size`."""
+    size = record.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise RemoteError("the object's record has no size to check the listing against")
+    total = sum(files.values())
+    if total != size:
+        raise RemoteError(f"its {len(files)} files add up to {total} bytes, the record says {size}")
 
 
 def is_finished(task: dict[str, Any]) -> bool:
@@ -149,6 +224,10 @@ class Catalog:
     def __init__(self, client: Client, ttl: float = 60.0, store: MetaStore | None = None) -> None:
         self._client = client
         self._cache = MetaCache(ttl, store)
+        self._lock = threading.Lock()
+        # Participant tables whose request failed: (failures in a row, when to ask again).
+        self._unanswered: dict[str, tuple[int, float]] = {}
+        self._gone_tasks: set[str] = set()  # tasks whose listing amaretti said it has not
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
@@ -223,17 +302,40 @@ class Catalog:
         return [a for a in agreements if str(a.get("_id")) not in accepted]
 
     def participants_readable(self, project: dict[str, Any]) -> bool:
-        """Whether this user may read the project's participant table (no request needed)."""
-        return participants_readable(project, self._subject())
+        """Whether this user may read the project's participant table (no request needed), and
+        its request has not just gone unanswered."""
+        readable = participants_readable(project, self._subject())
+        return readable and not self.participants_unanswered(project["_id"])
 
     def participants(self, project_id: str) -> dict[str, Any] | None:
-        """The project's participant table, or None when it is not published to this user. A
-        refusal is not kept: with the token refused, the table known before is served."""
+        """The project's participant table, or None when it is not published to this user or
+        its request went unanswered (a guest's can hang: API §2). A refusal is not kept: with
+        the token refused, the table known before is served. A request that failed is not made
+        again for the failure backoff, and said once in the log."""
+        if self.participants_unanswered(project_id):
+            return None
         fetch = functools.partial(self._client.participants, project_id)
         try:
-            return self._cache.get(("participants", project_id), fetch)
+            table = self._cache.get(("participants", project_id), fetch)
         except (AccessDenied, NotFound):
             return None
+        except RemoteError as exc:
+            with self._lock:
+                attempts = self._unanswered.get(project_id, (0, 0.0))[0] + 1
+                self._unanswered[project_id] = (attempts, time.monotonic() + backoff(attempts))
+            if attempts == 1:
+                log.warning("participants.tsv of project %s left out: %s", project_id, exc)
+            return None
+        with self._lock:
+            self._unanswered.pop(project_id, None)
+        return table
+
+    def participants_unanswered(self, project_id: str) -> bool:
+        """Whether the project's participant table failed to come within the failure backoff:
+        its files are then left out (a size once shown must not change when it comes)."""
+        with self._lock:
+            failed = self._unanswered.get(project_id)
+        return failed is not None and time.monotonic() < failed[1]
 
     def project_bids(self, project: dict[str, Any]) -> bids.Dataset:
         """The project's BIDS view (DESIGN §1.2), made from its tree and kept as long."""
@@ -273,6 +375,7 @@ class Catalog:
             readme=f"{name}\n\n{url}\n\n{desc or ''}\n",
             records=tuple(records(tree)),
             participants=self.participants(project_id) if project_id else None,
+            participants_left_out=bool(project_id) and self.participants_unanswered(project_id),
             release=release,
         )
         return bids.dataset(source, self.datatypes(), self._client.site)
@@ -327,12 +430,22 @@ class Catalog:
         return max(FINISHED_TASK_TTL, self._cache.ttl) if is_finished(task) else None
 
     def task_listing(self, task: dict[str, Any], relpath: str) -> TaskListing:
-        return self._cache.get(
-            ("task_ls", task["_id"], relpath),
-            functools.partial(self._client.task_ls, task["_id"], relpath),
-            functools.partial(task_listing, clash_suffix=id_suffix(task["_id"][:8])),
-            ttl=self._task_ttl(task),
-        )
+        """A directory of the task's outputs. A task amaretti says it has no such task of (a
+        listed task that is gone) is ENOENT, said once in the log."""
+        try:
+            return self._cache.get(
+                ("task_ls", task["_id"], relpath),
+                functools.partial(self._client.task_ls, task["_id"], relpath),
+                functools.partial(task_listing, clash_suffix=id_suffix(task["_id"][:8])),
+                ttl=self._task_ttl(task),
+            )
+        except NotFound as exc:
+            with self._lock:
+                first = task["_id"] not in self._gone_tasks
+                self._gone_tasks.add(task["_id"])
+            if first:
+                log.warning("task %s has no outputs to list: %s", task["_id"], exc)
+            raise
 
     def linked_size(self, task: dict[str, Any], path: str) -> int:
         """The size of the file a task symlink points to. `/task/ls` gives the link's own size
@@ -367,26 +480,42 @@ class Catalog:
         return self._cache.get(("product", object_id), fetch, _product_file, PRODUCT_TTL)
 
     def member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
-        """An S3-stored object's file sizes by path, from one listing (no download) kept for
-        good (the files of a stored object never change); None, without a request, for other
-        storages, and when the listing is refused or missing (the download then decides)."""
+        """An S3-stored object's file sizes by path, from its accepted listing (no download);
+        None, without a request, for other storages, and whenever the listing is not accepted:
+        the archive then decides, as if there were no listing (DESIGN §2).
+
+        The listing is a hint, checked before use: well-formed and complete (api.object_files),
+        and its sizes adding up to the record's `size`. An accepted one is kept for good (the
+        files of a stored object never change); any other answer, an HTTP error included, is
+        kept as a doubt only for the failure backoff, in memory and on disk, then asked again."""
         if not _listable(record):
             return None
+        key = ("s3_listing", record["_id"])
 
-        def fetch() -> dict[str, int] | None:
+        def fetch() -> dict[str, Any]:
             try:
-                return self._client.object_files(record["project"], record["_id"])
-            except (AccessDenied, NotFound):
-                return None
+                files = self._client.object_files(record["project"], record["_id"])
+                _check_total(files, record)
+            except BlfsError as exc:
+                before = self._cache.known(key, _s3_listing, _listing_lifetime)
+                attempts = (before.attempts if before is not None else 0) + 1
+                log.info(
+                    "the S3 file listing of object %s is not used, its archive decides: %s",
+                    record["_id"],
+                    exc,
+                )
+                return {"doubt": str(exc), "attempts": attempts}
+            return {"files": files}
 
-        return self._cache.get(("member_sizes", record["_id"]), fetch, ttl=float("inf"))
+        return self._cache.get(key, fetch, _s3_listing, ttl=_listing_lifetime).files
 
     def known_member_sizes(self, record: Mapping[str, Any]) -> dict[str, int] | None:
-        """The object's file sizes if they were already listed: never makes the request (nor
-        looks for an answer `member_sizes` never asks for)."""
+        """The object's file sizes if its listing was already accepted: never makes the request
+        (nor looks for an answer `member_sizes` never asks for)."""
         if not _listable(record):
             return None
-        return self._cache.known(("member_sizes", record["_id"]), ttl=float("inf"))
+        known = self._cache.known(("s3_listing", record["_id"]), _s3_listing, _listing_lifetime)
+        return None if known is None else known.files
 
     def known_product_bytes(self, object_id: str) -> bytes | None:
         """`_product.json` if it was already fetched: a listing must not make the request."""

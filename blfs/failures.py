@@ -20,6 +20,16 @@ from blfs import errors
 from blfs.errors import BlfsError
 from blfs.private import private_dir, write_private
 
+# The backoff after a failure: this long after the first, doubling with each in a row, at most
+# MAX_BACKOFF. Downloads and doubtful metadata answers (catalog.py) share it.
+FIRST_BACKOFF = 5.0
+MAX_BACKOFF = 600.0
+
+
+def backoff(attempts: int, first: float = FIRST_BACKOFF, most: float = MAX_BACKOFF) -> float:
+    """Seconds until the next try after `attempts` failures in a row."""
+    return min(first * 2 ** (max(attempts, 1) - 1), most)
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -68,8 +78,7 @@ class Failures:
         in a row up to `most`."""
         previous = self.get(key)
         attempts = 1 if previous is None else previous.attempts + 1
-        backoff = min(first * 2 ** (attempts - 1), most)
-        failure = Failure(error, attempts, time.time() + backoff)
+        failure = Failure(error, attempts, time.time() + backoff(attempts, first, most))
         record = {
             "key": key,
             "error": type(error).__name__,

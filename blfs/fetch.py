@@ -26,6 +26,7 @@ from blfs.archive import JOURNAL, Archive, JournalReader, JournalWriter, Tree, r
 from blfs.cache import DATA, INDEX, Cache, Pin, object_key, task_key
 from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError
 from blfs.extract import ArchiveStream, CountingReader, Member
+from blfs.failures import FIRST_BACKOFF, MAX_BACKOFF
 from blfs.item import CHUNK, Cancelled, FileHandle, GrowingFile, Item, Source
 from blfs.locks import FileLock
 from blfs.nodes import Handle
@@ -63,8 +64,8 @@ class Downloads:
         cache: Cache,
         *,
         stall_timeout: float = 30.0,
-        first_backoff: float = 5.0,
-        max_backoff: float = 600.0,
+        first_backoff: float = FIRST_BACKOFF,
+        max_backoff: float = MAX_BACKOFF,
     ) -> None:
         self.cache = cache
         self.stall_timeout = stall_timeout

@@ -21,6 +21,9 @@ from blfs.metastore import MetaStore
 log = logging.getLogger("blfs")
 
 V = TypeVar("V")
+# How long an answer stays fresh: seconds, or a function of the raw answer (an answer that is
+# only a doubt is kept for a backoff, a checked one for good: see catalog.member_sizes).
+Lifetime = float | Callable[[Any], float]
 # What a failed refresh may be answered with from the last known answer: the server is out of
 # reach, or the token is expired or refused (data already known stays browsable either way).
 _SERVE_KNOWN = (RemoteError, AccessDenied)
@@ -33,8 +36,11 @@ class _Answer(Generic[V]):
     key: Hashable
     fetch: Callable[[], Any] | None
     build: Callable[[Any], V]
-    lifetime: float
+    lifetime: Lifetime
     on_disk: bool = True  # a raw JSON answer of the server, kept on disk too
+
+    def lifetime_of(self, raw: Any) -> float:
+        return self.lifetime(raw) if callable(self.lifetime) else self.lifetime
 
 
 @dataclass
@@ -77,7 +83,7 @@ class MetaCache:
         key: Hashable,
         fetch: Callable[[], Any],
         build: Callable[[Any], V] = lambda raw: raw,
-        ttl: float | None = None,
+        ttl: Lifetime | None = None,
     ) -> V:
         """The answer for `key`: kept while fresh, else `build(fetch())` (one fetch shared by
         concurrent callers), else the last known answer if the refresh fails as above."""
@@ -98,7 +104,10 @@ class MetaCache:
         return self._shared_refresh(answer)
 
     def known(
-        self, key: Hashable, build: Callable[[Any], V] = lambda raw: raw, ttl: float | None = None
+        self,
+        key: Hashable,
+        build: Callable[[Any], V] = lambda raw: raw,
+        ttl: Lifetime | None = None,
     ) -> V | None:
         """The last known answer for `key` (in memory or on disk), fresh or not, without asking
         the server."""
@@ -113,21 +122,22 @@ class MetaCache:
 
     def _from_disk(self, answer: _Answer[V]) -> _Known[V] | None:
         """The stored answer, kept in memory and served at once: when older than its lifetime
-        it counts fresh for one more while a background refresh runs (if it can be fetched)."""
+        it counts fresh for one more while a background refresh runs (if it can be fetched).
+        One whose lifetime depends on it (a doubt, kept only for a backoff) is never served
+        past its lifetime: it is asked again first."""
         stored = self._store.load(_store_key(answer.key)) if self._store is not None else None
         if stored is None:
             return None
         try:
             value = answer.build(stored.body)
+            left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None  # not an answer this version of blfs can read: fetch it again
-        left = answer.lifetime - (time.time() - stored.fetched)
+        grace = left <= 0 and not callable(answer.lifetime)
+        expires = self._clock() + (left if left > 0 else self.ttl if grace else 0.0)
         with self._lock:
-            known = self._known.setdefault(
-                answer.key,
-                _Known(value, hash(stored.text), self._clock() + (left if left > 0 else self.ttl)),
-            )
-        if left <= 0 and answer.fetch is not None:
+            known = self._known.setdefault(answer.key, _Known(value, hash(stored.text), expires))
+        if grace and answer.fetch is not None:
             self._background.submit(answer)
         return known
 
@@ -174,7 +184,8 @@ class MetaCache:
         value = answer.build(raw)
         changed = known is not None and known.digest != digest
         with self._lock:
-            self._known[answer.key] = _Known(value, digest, self._clock() + answer.lifetime)
+            expires = self._clock() + answer.lifetime_of(raw)
+            self._known[answer.key] = _Known(value, digest, expires)
             if answer.on_disk:  # the server answered
                 self._failing = None
         if self._store is not None and answer.on_disk:

@@ -8,7 +8,6 @@ task files to the task-file store. Knows nothing of FUSE.
 
 from __future__ import annotations
 
-import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from blfs import bids
 from blfs.bids_nodes import BidsDir
-from blfs.catalog import Catalog, is_finished, on_s3
+from blfs.catalog import Catalog, archive_length, is_finished
 from blfs.errors import NotFound, SizeMismatch
 from blfs.ids import is_object_id
 from blfs.names import Named, id_suffix, unique_names
@@ -49,18 +48,6 @@ PARTICIPANTS = ("participants.tsv", "participants.json")
 # the same line is added to project.json under ACCESS_KEY.
 ACCESS = "ACCESS.txt"
 ACCESS_KEY = "blfs_access"
-# Keys of a task's or process's record that may hold credentials: an app's config can take a
-# token or a password, and amaretti keeps the environment a task runs with.
-_SECRET = re.compile(r"token|secret|passw|credential|jwt|api_?key|private|^_?envs?$", re.I)
-
-
-def without_secrets(value: Any) -> Any:
-    """A record as the API gives it, minus every key (at any depth) that may hold a secret."""
-    if isinstance(value, dict):
-        return {k: without_secrets(v) for k, v in value.items() if not _SECRET.search(str(k))}
-    if isinstance(value, list):
-        return [without_secrets(item) for item in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -226,7 +213,7 @@ class Namespace:
             lambda: self.catalog.tasks(instance["_id"], reserved=[INSTANCE_METADATA]),
             lambda task: TaskDir(self, task, "", directory(timestamp(task.get("create_date")))),
         )
-        metadata = JsonFile(without_secrets(instance), mtime)
+        metadata = JsonFile(instance, mtime)
         return DirNode(directory(mtime), {INSTANCE_METADATA: metadata}, lambda: tasks)
 
     def _object_by_id(self, object_id: str) -> Node:
@@ -274,7 +261,9 @@ class ProjectDir(DirNode):
             return BytesFile(self._ns.access_text(project_id, reason), mtime)
         if name == STATES:
             return JsonFile(catalog.object_states(project_id), mtime)
-        table = catalog.participants(project_id) or {}
+        table = catalog.participants(project_id)
+        if table is None:  # refused after all, or unanswered: left out
+            raise NotFound(f"no participant table of project {project_id}")
         rows = table.get("subjects") or []
         tsv, sidecar = bids.participants([bids.label(r.get("subject")) for r in rows], table)
         return BytesFile(tsv if name == "participants.tsv" else sidecar or b"{}\n", mtime)
@@ -387,8 +376,7 @@ class Member(Node):
         self._relpath = relpath
 
     def _archive_size(self) -> int | None:
-        record = self._record
-        return None if on_s3(record) else record.get("size")  # else the files' total
+        return archive_length(self._record)
 
     def _contents(self) -> ObjectContents:
         return self._ns.objects.contents(self._record["_id"], self._archive_size())
@@ -403,13 +391,22 @@ class Member(Node):
         """The attributes as far as they are known without asking the server or for a download:
         from the object's file listing whenever it is known (so that a size once shown never
         changes), else from its committed archive; None while unknown; NotFound when the object
-        is known not to hold this path."""
+        is known not to hold this path (a listing alone never hides what the local archive
+        holds)."""
         record = self._record
         sizes = self._ns.catalog.known_member_sizes(record)
+        absent: NotFound | None = None
         if sizes is not None:
-            return _listed_attr(sizes, self._relpath, _created(record))
+            try:
+                return _listed_attr(sizes, self._relpath, _created(record))
+            except NotFound as exc:
+                absent = exc
         contents = self._ns.objects.committed(record["_id"], self._archive_size())
-        return None if contents is None else _member_attr(contents.lookup(self._relpath))
+        if contents is None:
+            if absent is not None:
+                raise absent
+            return None
+        return _member_attr(contents.lookup(self._relpath))
 
     def listed_attr(self) -> Attr | None:
         """`known_attr`, else what the object's file listing says where it has one (asked for
@@ -473,7 +470,7 @@ class TaskDir(Node):
         self._beside = Beside(metadata, task["_id"])
 
     def _metadata(self) -> JsonFile:
-        return JsonFile(without_secrets(self._task), self._attr.mtime)
+        return JsonFile(self._task, self._attr.mtime)
 
     def lookup(self, name: str) -> Node:
         if name in self._beside.metadata:

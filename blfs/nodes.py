@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from blfs.errors import AccessDenied, BlfsError, NotFound
 from blfs.ids import is_object_id
 from blfs.names import Named
+from blfs.redact import without_secrets
 
 
 class IsADirectory(BlfsError):
@@ -95,8 +96,10 @@ class BytesHandle:
 
 
 def json_bytes(value: Any) -> bytes:
-    """How a record is shown as a file: indented JSON, the size is exactly these bytes."""
-    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """How a record is shown as a file: indented JSON without its secrets (redact.py), the
+    size is exactly these bytes."""
+    shown = without_secrets(value)
+    return (json.dumps(shown, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def json_size(value: Any) -> int:
@@ -104,7 +107,10 @@ def json_size(value: Any) -> int:
     writes (a walk lists thousands of records): the compact text, with the same separators,
     from the C encoder, plus the line breaks and indents the indented one adds."""
     compact = json.dumps(value, separators=(",", ": "), ensure_ascii=False)
-    return len(compact.encode("utf-8")) + _indents(value, 1) + 1
+    shown = without_secrets(value, compact)
+    if shown is not value:
+        compact = json.dumps(shown, separators=(",", ": "), ensure_ascii=False)
+    return len(compact.encode("utf-8")) + _indents(shown, 1) + 1
 
 
 def _indents(value: Any, level: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from blfs.api import Client, printable
+from blfs.api import Client, _listing_page, printable
 from blfs.auth import TokenStore
 from blfs.errors import (
     AccessDenied,
@@ -337,6 +337,8 @@ def test_a_server_found_down_gets_one_attempt_per_call_until_it_answers(emulator
         (403, "forbidden", AccessDenied),
         (404, "couldn't find it", NotFound),
         (500, "no such task id", NotFound),
+        (500, "no such task", NotFound),
+        (500, f"no resource currently available to download this task:{UNKNOWN_ID}", RemoteError),
         (500, 'CastError: Cast to ObjectId failed for value "x"', NotFound),
         (400, "this project's files are not stored on S3", BadRequest),
     ],
@@ -347,6 +349,19 @@ def test_answers_that_map_without_retry(client, emulator, status, message, error
         client.pubs()
     assert message.removeprefix("UnauthorizedError: ") in str(caught.value)
     assert len(requests_to(emulator, "/pub", 1)) == 1
+
+
+def test_a_task_without_a_resource_never_counts_the_server_down(client, emulator):
+    """amaretti's "no resource currently available…" is one task's trouble: asked once, and
+    the next request that meets a passing failure is still retried."""
+    task = next(t for t in emulator.db("tasks") if t["status"] == "finished")
+    emulator.set(variants={"amaretti": "no_resource"})
+    with pytest.raises(RemoteError, match="no resource currently available"):
+        client.task_ls(task["_id"])
+    assert len(requests_to(emulator, "/task/ls/", 1)) == 1
+    emulator.set(fail=[{"path": "/pub$", "status": 502, "times": 2}])
+    assert client.pubs()
+    assert len(requests_to(emulator, "/pub", 3)) == 3
 
 
 def test_a_token_rejected_by_the_server_says_run_blfs_login(client, emulator):
@@ -447,6 +462,13 @@ def test_accepted_agreements_are_the_users_own_from_the_auth_profile(emulator, t
         make_client(emulator, None, tmp_path / "guest").accepted_agreements()
 
 
+def members_of(emulator, object_id: str) -> dict[str, int]:
+    """The sizes of the regular files of an object's stored archive, by path."""
+    (path,) = (emulator.data / "archives").glob(f"{object_id}.*")
+    with tarfile.open(path) as archive:
+        return {m.name: m.size for m in archive if m.isfile()}
+
+
 def test_object_files_are_the_archive_members_sizes_over_every_page(emulator, token, tmp_path):
     """Pages of one entry each: every folder and continuation token followed, one page per
     file or folder of the object."""
@@ -455,15 +477,71 @@ def test_object_files_are_the_archive_members_sizes_over_every_page(emulator, to
     (profiles,) = [d for d in on_s3 if d["desc"].startswith("neuro/tractprofile")]
     for record in (profiles, on_s3[1]):
         emulator.clear_requests()
-        (path,) = (emulator.data / "archives").glob(f"{record['_id']}.*")
-        with tarfile.open(path) as archive:
-            members = {m.name: m.size for m in archive if m.isfile()}
+        members = members_of(emulator, record["_id"])
         assert client.object_files(record["project"], record["_id"]) == members
         folders = {name.rsplit("/", 1)[0] for name in members if "/" in name}
         pages = len(members) + len(folders)
         assert len(requests_to(emulator, f"/files/{record['project']}/", pages)) == pages
 
 
-def test_object_files_of_a_project_not_on_s3_are_none(client, emulator):
+def test_object_files_of_a_project_not_on_s3_are_refused(client, emulator):
     record = objects_of(emulator, "Lab Private", status="stored")[0]
-    assert client.object_files(record["project"], record["_id"]) is None
+    with pytest.raises(BadRequest):
+        client.object_files(record["project"], record["_id"])
+
+
+@pytest.mark.parametrize(
+    ("variant", "requests", "error"),
+    [
+        ("absent", 1, NotFound),
+        ("empty", 1, None),
+        ("full_keys", 2, None),
+        ("raw_s3", 1, RemoteError),
+        ("error", 1, RemoteError),
+        ("stuck_token", 2, RemoteError),
+        ("no_token", 1, RemoteError),
+    ],
+)
+def test_object_files_take_only_a_well_formed_complete_listing(
+    client, emulator, variant, requests, error
+):
+    """Every other answer raises after a bounded number of requests (an error is not retried:
+    the archive does without a listing); full keys are read as the names they end in, empty
+    lists as no files (the catalog checks them against `size`)."""
+    (record,) = [
+        d
+        for d in objects_of(emulator, "BIDS Study", status="stored")
+        if "tractprofile" in d["desc"]
+    ]
+    emulator.set(variants={"files": variant})
+    if error is None:
+        files = client.object_files(record["project"], record["_id"])
+        expected = {} if variant == "empty" else members_of(emulator, record["_id"])
+        assert files == expected
+    else:
+        with pytest.raises(error):
+            client.object_files(record["project"], record["_id"])
+    assert len(requests_to(emulator, f"/files/{record['project']}/", requests)) == requests
+
+
+def test_listed_names_are_taken_relative_full_or_as_the_prefixs_own_marker():
+    """However a server names its entries (relative, with the prefix, a full key under a root
+    we cannot know), each is read as the name under the prefix; S3's empty directory marker
+    for the prefix itself is no file; a name from elsewhere makes the page unusable."""
+    prefix = f"{UNKNOWN_ID}/profiles/"
+    page = {
+        "objects": [
+            {"Name": f"archive/p/{prefix}", "Size": 0},
+            {"Name": "a.csv", "Size": 3},
+            {"Name": f"{prefix}b.csv", "Size": 4},
+            {"Name": f"embargoed/p/{prefix}c.csv", "Size": 5},
+        ],
+        "folders": [{"Name": f"archive/p/{prefix}deeper/"}, {"Name": "more/"}],
+    }
+    assert _listing_page(page, prefix) == (
+        [("a.csv", 3), ("b.csv", 4), ("c.csv", 5)],
+        ["deeper", "more"],
+    )
+    for row in ({"Name": "elsewhere/a.csv", "Size": 1}, {"Name": prefix, "Size": 7}):
+        with pytest.raises(RemoteError, match="not under it"):
+            _listing_page({"objects": [row], "folders": []}, prefix)

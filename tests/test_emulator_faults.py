@@ -158,3 +158,20 @@ def test_an_archive_can_be_replaced_by_hostile_bytes(scratch_emulator):
     assert reply.headers["Content-disposition"].endswith(".tar.gz")
     stored = next(d for d in scratch_emulator.db("datasets") if d["_id"] == target["_id"])
     assert stored["size"] == len(data)
+
+
+def test_variants_are_per_route_and_only_the_known_ones(emulator, token):
+    """A variant changes its route's answer alone; an unknown route or variant is refused and
+    changes nothing; the emulator's own answers are the default."""
+    assert emulator.knobs()["variants"] == {}
+    study = next(p["_id"] for p in emulator.db("projects") if p["name"] == "BIDS Study")
+    assert emulator.get(f"/warehouse/files/{study}", token).json()["folders"]
+    emulator.set(variants={"files": "absent"})
+    absent = emulator.get(f"/warehouse/files/{study}", token)
+    assert absent.status_code == 404 and absent.text.startswith("Cannot GET ")
+    assert emulator.get("/warehouse/project", token).status_code == 200
+    for wrong in ({"files": "sometimes"}, {"nowhere": "absent"}, ["files"]):
+        with pytest.raises(requests.HTTPError):
+            emulator.set(variants=wrong)
+    assert emulator.knobs()["variants"] == {"files": "absent"}
+    assert emulator.set(variants=None)["variants"] == {}

@@ -327,7 +327,9 @@ def on_s3(emulator, project: str) -> list[dict]:
     return [
         d
         for d in emulator.db("datasets")
-        if d["project"] == project and d["storage"] == "s3fs" and d["status"] == "stored"
+        if d["project"] == project
+        and d["storage"] in ("s3fs", "s3fs-embargo")
+        and d["status"] == "stored"
     ]
 
 

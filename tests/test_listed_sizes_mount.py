@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 from test_bids_mount import FILES, downloads, listings
@@ -67,3 +68,23 @@ def test_an_archive_that_disagrees_with_the_listing_is_never_served(
     assert image.stat().st_size == shown
     assert downloads(emulator) == [obj["_id"]]
     assert f"{shown + 102} bytes in the archive but {shown}" in mount.log()
+
+
+def test_a_listing_alone_never_hides_what_the_local_archive_holds(mount, emulator, replace_archive):
+    """An accepted listing that lacks a file (here an empty one the archive gained after the
+    listing was taken: the sizes still add up) does not make it ENOENT once the archive is
+    local: the archive answers for what the listing does not name."""
+    obj = s3_object(emulator, "neuro/anat/t2w")
+    root = mount.path / "objects" / obj["_id"]
+    members = archive_members(emulator, obj["_id"])
+    name, data = next(iter(members.items()))
+    assert (root / name).stat().st_size == len(data)  # the listing is taken
+    replace_archive(obj["_id"], tar_bytes({**members, "notes.txt": b""}))
+    assert (root / name).read_bytes() == data  # the archive is fetched
+    deadline = time.monotonic() + 30
+    while obj["_id"] not in mount.blfs("cache", "ls", "--cache-dir", str(mount.cache_dir)).stdout:
+        assert time.monotonic() < deadline, "the archive was never committed"
+        time.sleep(0.05)
+    assert (root / "notes.txt").stat().st_size == 0
+    assert (root / "notes.txt").read_bytes() == b""
+    assert [r["path"] for r in listings(emulator)] == [f"{FILES}{obj['project']}/{obj['_id']}"]

@@ -16,7 +16,7 @@ from mount_fixtures import save_token
 from test_fetch import tar_bytes
 from test_mount import an_object, datatype_id, project, shown_objects
 
-from blfs.namespace import without_secrets
+from blfs.redact import without_secrets
 
 LAB = "Lab Private"
 

@@ -112,11 +112,11 @@ def routes(app: App) -> list:
     def tasks(request: Request) -> Response:
         return json_response({"tasks": listing(request, "tasks", "_group_id", None)})
 
-    def find_task(task_id: str) -> dict:
+    def find_task(task_id: str, missing: str = "no such task id") -> dict:
         check_object_id(task_id, "_id", "Task")
         task = store.one("tasks", {"_id": task_id})
         if task is None:
-            raise ApiError("no such task id")
+            raise ApiError(missing)
         return task
 
     def task(request: Request) -> Response:
@@ -138,11 +138,15 @@ def routes(app: App) -> list:
         return json_response(store.find("taskproducts", {"task_id": {"$in": allowed}}))
 
     def task_path(request: Request, claims: dict, relative: str) -> tuple[dict, Path, str]:
-        """The task, the existing file or dir on disk, and its normalized relative path."""
-        task = find_task(request.params["id"])
+        """The task, the existing file or dir on disk, and its normalized relative path, with
+        task.js `find_resource`'s texts (or those the `amaretti` variant knob asks for)."""
+        shape = app.knobs.variant("amaretti")
+        task = find_task(request.params["id"], "no such task")
+        if shape == "no_such_task":
+            raise ApiError("no such task")
         if not can_access(claims, task):
             raise ApiError("don't have access to specified task")
-        if not task.get("resource_ids"):
+        if not task.get("resource_ids") or shape == "no_resource":
             raise ApiError(f"no resource currently available to download this task:{task['_id']}")
         if relative.startswith("/") or ".." in relative.split("/"):
             raise ApiError(f"Error: path is not under the task directory: {relative}")

@@ -1,4 +1,6 @@
-"""Knobs: injected latency, errors, bandwidth limits, truncations and stalls.
+"""Knobs: injected latency, errors, bandwidth limits, truncations and stalls, and `variants`:
+per route, one of the answers a real brainlife server may give where no public source says which
+(API §2), in place of the emulator's own.
 
 Set at start (`serve --knobs FILE`) or while running (`/_admin/knobs`). Rules with a `path` regex
 apply to matching request paths; `times` counts down on each use (null = for ever).
@@ -24,8 +26,24 @@ DEFAULTS: dict = {
     "expire_tokens": False,
     "login_delay": 2.0,
     "hang_seconds": 30.0,
+    "variants": {},
 }
 RULE_KEYS = ("fail", "truncate", "stall")
+# The variants each route can be switched to (the emulator's own answer when none is set).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    # The S3 "files" route: absent (404 "Cannot GET"), 200 with empty lists, full S3 keys as
+    # names, S3's own shape (`Contents`/`Key`), HTTP 500, a continuation token that never
+    # changes, pages truncated without a token.
+    "files": ("absent", "empty", "full_keys", "raw_s3", "error", "stuck_token", "no_token"),
+    # Object downloads sent without Content-Length.
+    "download": ("no_length",),
+    # amaretti's texts for a task it cannot serve (task.js `find_resource`), on /task/ls and
+    # /task/download of every task.
+    "amaretti": ("no_such_task", "no_resource"),
+    # A guest's participants request for a project without a participants record never answers
+    # (participant.js reads `req.user.sub`).
+    "participants": ("guest_hang",),
+}
 
 
 class KnobError(ValueError):
@@ -47,6 +65,13 @@ def _check(key: str, value: object) -> object:
         return copy.deepcopy(value)
     if key == "expire_tokens":
         return bool(value)
+    if key == "variants":
+        if not isinstance(value, dict):
+            raise KnobError("variants must be an object of route: variant")
+        for route, variant in value.items():
+            if variant not in VARIANTS.get(route, ()):
+                raise KnobError(f"no variant {variant!r} of route {route!r}: see VARIANTS")
+        return dict(value)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise KnobError(f"{key} must be a non-negative number")
     return value
@@ -94,6 +119,11 @@ class Knobs:
     def __getitem__(self, key: str):
         with self._lock:
             return self._values[key]
+
+    def variant(self, route: str) -> str | None:
+        """The variant set for `route`, or None for the emulator's own answer."""
+        with self._lock:
+            return self._values["variants"].get(route)
 
     def _take(self, key: str, path: str) -> dict | None:
         """The first live rule of `key` matching `path`, with one use consumed."""

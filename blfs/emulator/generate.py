@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .content import BOLD_TR, DATATYPES, Datatype, write_archive
 from .nifti import image_shape, write_nifti_gz
-from .s3files import S3_STORAGE, recorded_size
+from .s3files import S3_EMBARGO, S3_STORAGE, recorded_size
 from .tokens import generate_keys
 
 COLLECTIONS = (
@@ -37,6 +37,20 @@ SMALL_IMAGE = 32 * 1024
 DEMO, ALICE = "1", "2"
 LAB_TAGS = ([], ["pilot"], ["v1.2", "qc-pass"])
 LEGACY_GRID_INDEXES = (3, 10)
+# BIDS Study objects (by index in BIDS_OBJECTS) stored the `s3fs-embargo` way; the others `s3fs`.
+EMBARGOED_BIDS_INDEXES = (2, 6, 9)
+# What apps' configs hold and no file of a mount may show (redact.py): a resource's environment,
+# XNAT credentials, a password, a URL with credentials, a token in a query.
+SAMPLE_SECRET = "blfs-sample-secret-4c1d9e"
+SAMPLE_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2FtcGxlLXNpZ25hdHVyZQ"
+SECRET_CONFIG = {
+    "_envs": {"BRAINLIFE_TOKEN": SAMPLE_JWT, "AWS_SECRET_ACCESS_KEY": SAMPLE_SECRET},
+    "xnat": {"hostname": "https://xnat.example.org", "token": "t-" + SAMPLE_SECRET},
+    "secretEnc": SAMPLE_SECRET,
+    "password": SAMPLE_SECRET,
+    "source": f"https://reader:{SAMPLE_SECRET}@data.example.org/study",
+    "callback": f"https://example.org/notify?at={SAMPLE_JWT}",
+}
 
 
 @dataclass(frozen=True)
@@ -338,7 +352,7 @@ class Generator:
                 releases=releases,
                 origin=origin,
                 without=frozenset(without),
-                storage=S3_STORAGE,
+                storage=S3_EMBARGO if n in EMBARGOED_BIDS_INDEXES else S3_STORAGE,
             )
 
     def make_participants(self) -> None:
@@ -423,7 +437,7 @@ class Generator:
                     "name": f"process {datatype_name}",
                     "service": origin.service,
                     "service_branch": origin.branch,
-                    "config": {},
+                    "config": dict(SECRET_CONFIG),
                     "instance_id": self.oid("provinstance", project),
                     "resource_id": self.oid("resource", "main"),
                     "commit_id": "0123456789abcdef0123456789abcdef01234567",
@@ -611,7 +625,7 @@ class Generator:
                     "desc": f"processes of {project['name']}",
                     "user_id": user,
                     "group_id": project["group_id"],
-                    "config": {"brainlife": True},
+                    "config": {"brainlife": True, "xnat_token": SAMPLE_SECRET},
                     "status": status,
                     "create_date": self.date(6000 + n),
                     "update_date": self.date(6001 + n),
@@ -685,6 +699,7 @@ class Generator:
                 "_tid": 0,
                 "_inputs": inputs,
                 "_outputs": outputs,
+                **SECRET_CONFIG,
             },
             "deps_config": [],
             "status": status,

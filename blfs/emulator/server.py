@@ -139,7 +139,8 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query, keep_blank_values=True)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        request = Request(self.command, path, query, self.headers, body)
+        scheme = "https" if self.server.tls else "http"
+        request = Request(self.command, path, query, self.headers, body, scheme=scheme)
         if path.startswith("/_admin/"):
             self.send(request, self.admin(request), admin=True)
             return

@@ -8,6 +8,8 @@ query's `select` drops `project`, a hang for the product of an unknown id.
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import BinaryIO
 
 from . import downscript, s3files
 from .context import App
@@ -190,21 +192,27 @@ def routes(app: App) -> list:
             raise ApiError(f"Error: ENOENT: no such file or directory, stat '{dataset_id}.tar'")
         if request.method == "GET":
             store.increment("datasets", dataset_id, "download_count")
-        name = path.name
-        return Response(
-            headers=[("Content-disposition", f"attachment; filename={name}")],
-            file=path,
-            file_size=path.stat().st_size,
-        )
+        headers = [("Content-disposition", f"attachment; filename={path.name}")]
+        if app.knobs.variant("download") == "no_length":  # sent chunked
+            return Response(headers=headers, producer=lambda out: _copy(path, out))
+        return Response(headers=headers, file=path, file_size=path.stat().st_size)
 
     def files(request: Request) -> Response:
         """The S3 files API (`bl data query --s3`): one page of a delimited listing of the files
-        of a project's `s3fs` objects; 400 for a project not on S3, the download's ACL."""
+        of a project's objects on S3; 400 for a project not on S3, the download's ACL. The
+        `files` variant knob gives another server's answer instead."""
+        shape = app.knobs.variant("files")
+        if shape == "absent":
+            text = f"Cannot GET {request.path}"
+            return Response(404, [("Content-Type", "text/html; charset=utf-8")], text.encode())
+        if shape == "error":
+            raise ApiError("InternalError: We encountered an internal error. Please try again.")
         claims = app.user(request)
         project_id = check_object_id(request.params["project"], "_id", "Projects")
         prefix = request.params.get("prefix", "")
         object_id = prefix.strip("/").partition("/")[0]
-        on_s3 = {"project": project_id, "storage": s3files.S3_STORAGE, "status": "stored"}
+        kinds = {"$in": list(s3files.S3_KINDS)}
+        on_s3 = {"project": project_id, "storage": kinds, "status": "stored"}
         dataset = store.one("datasets", {**on_s3, "_id": object_id}) if object_id else None
         objects = [dataset] if dataset else store.find("datasets", on_s3, {"_id": 1})
         if not objects:
@@ -222,6 +230,9 @@ def routes(app: App) -> list:
         page = s3files.listing(keys, prefix, limit, request.arg("continuationToken"))
         if page is None:
             raise ApiError(f"no such path: {prefix}", 404)
+        if shape is not None:
+            root = s3files.key_root(project_id, dataset.get("storage") if dataset else None)
+            page = s3files.variant(page, shape, root)
         return json_response(page)
 
     def download_script(request: Request) -> Response:
@@ -241,7 +252,7 @@ def routes(app: App) -> list:
         )
         readable = app.readable_projects(claims)
         rows = [r for r in rows if r.get("publications") or r.get("project") in readable]
-        site = f"http://{request.headers.get('Host')}"
+        site = f"{request.scheme}://{request.headers.get('Host')}"
         auth = request.headers.get("Authorization")
         script = "#!/bin/bash\n\nset -e\n\n"
         if auth:
@@ -294,6 +305,8 @@ def routes(app: App) -> list:
             )
             return Response(401, [("Content-Type", "text/html; charset=utf-8")], message.encode())
         record = store.one("participants", {"project": project_id})
+        if record is None and claims is None and app.knobs.variant("participants"):
+            raise Hang("getParticipants reads req.user.sub of a guest")
         if record is None:  # the warehouse creates an empty record on first access
             record = {"project": project_id, "subjects": [], "columns": {}, "__v": 0}
         return json_response(record)
@@ -329,6 +342,12 @@ def routes(app: App) -> list:
         route("GET", "/pub", pubs),
         route("GET", "/pub/datasets/(?P<id>[^/]+)", pub_datasets),
     ]
+
+
+def _copy(path: Path, out: BinaryIO) -> None:
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
 
 
 def _contact(user: dict | None, sub: str) -> dict:

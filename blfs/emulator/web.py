@@ -43,6 +43,7 @@ class Request:
     headers: Message
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"  # as the server is reached: links it writes use it
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
