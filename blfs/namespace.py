@@ -229,8 +229,8 @@ class Namespace:
 class ProjectDir(DirNode):
     """A project: processes/ and bids/; files made from metadata (project.json, ACCESS.txt when
     its data is refused, the objects by state, the participant table when this user may read
-    it), their requests made only when they are looked up, not when the project is listed;
-    then its subjects."""
+    it and the server gave it: a listing asks for it rather than promise a file that may not
+    come), then its subjects."""
 
     def __init__(
         self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float
@@ -277,9 +277,14 @@ class ProjectDir(DirNode):
         return super().lookup(name)
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # Sizes are known only after the requests, which a listing must not make (the adapter
-        # only uses the type from readdir).
-        made = [(name, Attr(False, 0, self._attr.mtime)) for name in self._made_names()]
+        # The objects by state are sized once looked up (the adapter only uses the type from
+        # readdir); a refusal or a server error there is not a file that vanishes.
+        made = []
+        for name in self._made_names():
+            if name not in PARTICIPANTS:
+                made.append((name, Attr(False, 0, self._attr.mtime)))
+            elif self._ns.catalog.participants(self._project["_id"]) is not None:
+                made.append((name, self._made(name).attr()))
         return [("project.json", self._record().attr()), *made, *super().entries()]
 
 
