@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mount_fixtures import unavailable
 
 from blfs import fuse_kernel, libfuse
 
@@ -59,9 +60,7 @@ def header_sets() -> list[str | None]:
 def needs_a_compiler() -> None:
     missing = [tool for tool in ("cc", "pkg-config", "nm") if shutil.which(tool) is None]
     if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the layout checks need {missing} under CI")
-        pytest.skip(f"no {missing}")
+        unavailable(f"the layout checks need {missing}")
 
 
 def _checked(struct: type, version: tuple[int, int, int]) -> bool:
