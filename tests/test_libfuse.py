@@ -4,12 +4,15 @@ log and `blfs status` show. `.ci/libfuse-matrix` runs these against every vendor
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+from pathlib import Path
 
 import pytest
 from test_fetch import wait_until
 
+import blfs
 from blfs import libfuse
 from blfs.errors import BlfsError
 from blfs.fuse_kernel import kernel_release, may_open_backing_files
@@ -84,3 +87,20 @@ def test_a_mount_maps_exactly_the_libfuse_its_variable_names(mount_factory, monk
     with open(f"/proc/{mount.process.pid}/maps") as maps:
         mapped = {line.split()[-1] for line in maps if "libfuse" in line}
     assert mapped == {library.file}
+
+
+def test_the_binding_imports_no_layer_above_it():
+    """binding ← adapter ← namespace: the binding drives any object with the operations."""
+    allowed = {"blfs.errors", "blfs.libfuse", "blfs.passthrough"}
+    for module in ("fuse_kernel", "passthrough", "libfuse"):
+        tree = ast.parse((Path(blfs.__file__).parent / f"{module}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "blfs":  # from blfs import x
+                imported |= {f"blfs.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        ours = {name for name in imported if name.split(".")[0] == "blfs"}
+        assert ours - allowed == set(), module
