@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes.util
 import itertools
 import os
 import shutil
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from blfs import mountinfo
+from blfs import libfuse, mountinfo
+from blfs.errors import BlfsError
 
 READY_TIMEOUT = 20.0
 
@@ -27,8 +27,10 @@ def fuse_missing() -> str | None:
         return "no read-write /dev/fuse"
     if not (shutil.which("fusermount3") or shutil.which("fusermount")):
         return "no fusermount3 (apt install fuse3)"
-    if not (ctypes.util.find_library("fuse3") or ctypes.util.find_library("fuse")):
-        return "no libfuse"
+    try:
+        libfuse.find()
+    except BlfsError as exc:
+        return str(exc)
     return None
 
 
