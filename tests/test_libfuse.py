@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,14 +81,26 @@ def test_the_log_and_status_say_which_libfuse_and_what_the_mount_got(mount):
     assert f"  {line}\n" in shown.stdout
 
 
+def mapped_libfuse(mount) -> set[str]:
+    features_line(mount)  # serving: every library it loads is loaded
+    with open(f"/proc/{mount.process.pid}/maps") as maps:
+        return {line.split()[-1] for line in maps if "libfuse" in line}
+
+
 def test_a_mount_maps_exactly_the_libfuse_its_variable_names(mount_factory, monkeypatch):
     library = libfuse.find()
     monkeypatch.setenv(libfuse.ENV, library.file)
-    mount = mount_factory()
-    features_line(mount)  # serving: every library it loads is loaded
-    with open(f"/proc/{mount.process.pid}/maps") as maps:
-        mapped = {line.split()[-1] for line in maps if "libfuse" in line}
-    assert mapped == {library.file}
+    assert mapped_libfuse(mount_factory()) == {library.file}
+
+
+def test_without_the_variable_a_mount_maps_exactly_the_systems_libfuse(mount_factory, monkeypatch):
+    monkeypatch.delenv(libfuse.ENV, raising=False)
+    # Asked in a new process: this one may hold a libfuse3.so.4 that a soname would find.
+    find = "from blfs import libfuse; print(libfuse.find().file)"
+    system = subprocess.run(
+        [sys.executable, "-c", find], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert mapped_libfuse(mount_factory()) == {system}
 
 
 def test_the_binding_imports_no_layer_above_it():
