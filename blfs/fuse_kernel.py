@@ -637,6 +637,13 @@ class KernelMount:
             raise BlfsError("libfuse refused the mount options (see the message above)")
         self._session = session
         self._ops.on_metadata_change(self._forget_listings)
+        if self._library.version < HOOKED[0]:
+            log.warning(
+                "libfuse %s cannot ask the kernel for parallel lookups or passthrough: a stat "
+                "beside a file that waits for its download waits with it, and cached files are "
+                "read through this process (libfuse 3.13 and later give both)",
+                self._library.version_text,
+            )
         try:
             if self._lib.fuse_session_mount(session, os.fsencode(self._mountpoint)) != 0:
                 raise BlfsError(f"cannot mount at {self._mountpoint}")

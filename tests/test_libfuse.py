@@ -77,6 +77,8 @@ def test_the_log_and_status_say_which_libfuse_and_what_the_mount_got(mount):
         assert library.version_text == expected
     line = features_line(mount)
     assert line == expected_features(library)
+    said = mount.log().count(f"WARNING blfs: libfuse {library.version_text} cannot ask")
+    assert said == (1 if library.version < (3, 13, 0) else 0)
     shown = mount.blfs("status")
     assert f"  {line}\n" in shown.stdout
 
