@@ -54,20 +54,22 @@ class Libfuse:
         return f"libfuse {self.version_text} ({self.file})"
 
 
+class _DlInfo(ctypes.Structure):
+    """glibc's `Dl_info`."""
+
+    _fields_ = [
+        ("fname", ctypes.c_char_p),
+        ("fbase", ctypes.c_void_p),
+        ("sname", ctypes.c_char_p),
+        ("saddr", ctypes.c_void_p),
+    ]
+
+
 def _file_of(library: ctypes.CDLL, symbol: str) -> str:
     """The real file a loaded library was read from (dladdr of one of its functions)."""
-
-    class DlInfo(ctypes.Structure):
-        _fields_ = [
-            ("fname", ctypes.c_char_p),
-            ("fbase", ctypes.c_void_p),
-            ("sname", ctypes.c_char_p),
-            ("saddr", ctypes.c_void_p),
-        ]
-
     libc = ctypes.CDLL(None)
-    libc.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
-    info = DlInfo()
+    libc.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    info = _DlInfo()
     address = ctypes.cast(getattr(library, symbol), ctypes.c_void_p)
     if not libc.dladdr(address, ctypes.byref(info)) or not info.fname:
         return library._name
