@@ -68,9 +68,8 @@ class Passthrough:
     """The backing files of one mount, by inode, with the mode of each open handle."""
 
     def __init__(self) -> None:
-        self._open_backing: OpenBacking | None = None  # until `start`
+        self._open_backing: OpenBacking | None = None  # from `start` to the first refusal
         self._close_backing: CloseBacking | None = None
-        self._usable = False
         self._granted = False
         self._lock = threading.Lock()
         self._inodes: dict[int, _Inode] = {}
@@ -79,7 +78,6 @@ class Passthrough:
     def start(self, open_backing: OpenBacking, close_backing: CloseBacking) -> None:
         """Backing files may be asked for (the INIT reply asked for them)."""
         self._open_backing, self._close_backing = open_backing, close_backing
-        self._usable = True
 
     def open(self, req: int, ino: int, fh: int, backing_fd: int | None) -> int | None:
         """The backing id the open reply (to `req`) names, or None for an open through the
@@ -119,12 +117,12 @@ class Passthrough:
 
     def _backing(self, req: int, fd: int) -> int | None:
         """(Under the lock.) A backing id for `fd`; None once the kernel refused one."""
-        if not self._usable or self._open_backing is None:
+        if self._open_backing is None:
             return None
         try:
             backing_id = self._open_backing(req, fd)
         except OSError as exc:
-            self._usable = False
+            self._open_backing = None
             log.info("cached files are read through this process (no passthrough: %s)", exc)
             return None
         if not self._granted:
