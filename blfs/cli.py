@@ -172,6 +172,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         cache = mounting.open_cache(Path(record["cache_dir"]))
         used, bound = cache.usage()
         print(f"{record['mountpoint']}  (pid {record['pid']}, {record['api']})")
+        print(f"  {record.get('libfuse', 'libfuse: starting')}")
         print(f"  cache {cache.root}: {human(used)} of {human(bound)}")
         downloads = record.get("downloads", [])
         if not downloads:

@@ -6,7 +6,8 @@ mfusepy binds libfuse's high-level (path) API, whose `opendir` drops the `cache_
 at offset 0 before 3.17.1: on the libfuse 3.14 of current Debian and Ubuntu every repeated listing
 and every entry of a first `ls -l` would cost a round trip into Python. This module binds the
 low-level (inode) API for the few calls a read-only mount needs and answers them with the path
-operations of `fuse_ops.BlfsOperations`, adding what only the low level can give:
+operations of any object that has them (`Operations`: the FUSE adapter's), adding what only the
+low level can give:
 
 - directories open without a message and the kernel keeps their listings (zero-message
   opendir, kernel ≥ 5.1): a repeated walk never reaches this process;
@@ -16,19 +17,27 @@ operations of `fuse_ops.BlfsOperations`, adding what only the low level can give
 - `readdirplus` hands each entry's attributes with the listing when they are exact (an entry
   whose size is not known yet is listed by name and type only, so the kernel asks for it);
 - entry and attribute timeouts equal the TTL on every reply;
-- lookups in one directory run in parallel (`_ReplyHook`);
+- lookups in one directory run in parallel (asked for in `_init`, or by `_ReplyHook`);
 - the kernel reads complete cache files by itself where it grants that (`passthrough`), and
   other file bytes go from the cache file to the kernel by splice.
 
 Calls left out (`access`, `flush`, `getxattr`…) are answered by libfuse in C or remembered by
 the kernel as unsupported, so they never reach Python.
+
+Every struct and call bound here states the libfuse versions it was checked against (`CHECKED`;
+`tests/test_libfuse_layout.py` compares each layout with those versions' headers). What each
+version can give:
+
+- 3.10 to 3.12: no way to ask for parallel lookups or passthrough (no reply hook either);
+- 3.13 to 3.17.0: both added to libfuse's INIT reply by `_ReplyHook`;
+- 3.17.1 and later: both asked for through `want_ext`, passthrough through libfuse's own
+  `fuse_passthrough_open` and `fuse_file_info.backing_id`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import functools
 import logging
@@ -39,21 +48,34 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import mfusepy
 
+from blfs import libfuse
 from blfs.errors import BlfsError
-from blfs.fuse_ops import BlfsOperations
-from blfs.passthrough import FOPEN_PASSTHROUGH, FUSE_PASSTHROUGH, MAX_STACK_DEPTH, Passthrough
+from blfs.passthrough import (
+    FOPEN_PASSTHROUGH,
+    FUSE_PASSTHROUGH,
+    MAX_STACK_DEPTH,
+    Passthrough,
+    session_backing,
+)
 
 log = logging.getLogger("blfs")
 
+# The libfuse versions every struct and call below was checked against.
+CHECKED = ((3, 10, 5), (3, 14, 0), (3, 17, 2), (3, 18, 2))
+HOOKED = ((3, 13, 0), (3, 17, 0))  # versions that cannot ask for what `_ReplyHook` adds
+ASKS_ITSELF = (3, 17, 1)  # from here a filesystem asks for parallel lookups (`want_ext`)
+
 ROOT = 1  # FUSE_ROOT_ID
 UNKNOWN_INO = 0xFFFFFFFF  # FUSE_UNKNOWN_INO: a listed entry the kernel holds no number for
-FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
-FUSE_CAP_PARALLEL_DIROPS = 1 << 18
+# `FUSE_CAP_*` of fuse_common.h (the same bits in every checked version).
 FUSE_CAP_SPLICE_WRITE = 1 << 7
+FUSE_CAP_PARALLEL_DIROPS = 1 << 18
+FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24
+FUSE_CAP_PASSTHROUGH = 1 << 29  # 3.17.0 and later
 FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK = 1 << 1, 1 << 2
 FUSE_PARALLEL_DIROPS = 1 << 18  # the same capability as the kernel's INIT flag
 FUSE_INIT_EXT = 1 << 30
@@ -67,10 +89,72 @@ _NAME_OFFSET_PLUS = 128 + _NAME_OFFSET
 _req = ctypes.c_void_p
 _ino = ctypes.c_uint64
 _off = ctypes.c_int64
-_file_info_p = ctypes.POINTER(mfusepy.fuse_file_info)
+
+# Every struct below was checked against the headers of libfuse 3.10.5, 3.14.0, 3.17.2 and
+# 3.18.2 (`CHECKED`). Each names its C struct (`_c_name_`), the versions the binding uses it with
+# (`_used_`, inclusive; all checked ones when absent), the fields that exist only from some
+# version on (`_since_`), and whether its size must be libfuse's (`_sized_`: the binding
+# allocates it, or steps through an array of it); fields named with `_` are padding.
+
+
+class FileInfo(ctypes.Structure):
+    """`struct fuse_file_info`, which libfuse allocates: only the fields the binding and the
+    adapter use. The first three flag bits are where they are in every version (3.15 and 3.16
+    moved the later ones); `backing_id` is 3.17's, the struct's padding before."""
+
+    _c_name_ = "struct fuse_file_info"
+    _since_ = {"backing_id": (3, 17, 0)}
+    _sized_ = False
+    _fields_ = [
+        ("flags", ctypes.c_int32),
+        ("writepage", ctypes.c_uint32, 1),
+        ("direct_io", ctypes.c_uint32, 1),
+        ("keep_cache", ctypes.c_uint32, 1),
+        ("_flags", ctypes.c_uint32, 29),
+        ("_padding2", ctypes.c_uint32),
+        ("fh", ctypes.c_uint64),
+        ("lock_owner", ctypes.c_uint64),
+        ("poll_events", ctypes.c_uint32),
+        ("backing_id", ctypes.c_int32),
+    ]
+
+
+class ConnInfo(ctypes.Structure):
+    """`struct fuse_conn_info`, which libfuse allocates. 3.17 put the 64-bit capabilities and
+    the passthrough stack depth where older versions have reserved (zero) words."""
+
+    _c_name_ = "struct fuse_conn_info"
+    _since_ = {
+        "max_backing_stack_depth": (3, 17, 0),
+        "capable_ext": (3, 17, 0),
+        "want_ext": (3, 17, 0),
+    }
+    _sized_ = False
+    _fields_ = [
+        ("proto_major", ctypes.c_uint32),
+        ("proto_minor", ctypes.c_uint32),
+        ("max_write", ctypes.c_uint32),
+        ("max_read", ctypes.c_uint32),
+        ("max_readahead", ctypes.c_uint32),
+        ("capable", ctypes.c_uint32),
+        ("want", ctypes.c_uint32),
+        ("max_background", ctypes.c_uint32),
+        ("congestion_threshold", ctypes.c_uint32),
+        ("time_gran", ctypes.c_uint32),
+        ("max_backing_stack_depth", ctypes.c_uint32),
+        ("_bits", ctypes.c_uint32),
+        ("capable_ext", ctypes.c_uint64),
+        ("want_ext", ctypes.c_uint64),
+    ]
+
+
+_file_info_p = ctypes.POINTER(FileInfo)
 
 
 class _EntryParam(ctypes.Structure):
+    """`struct fuse_entry_param`."""
+
+    _c_name_ = "struct fuse_entry_param"
     _fields_ = [
         ("ino", _ino),
         ("generation", ctypes.c_uint64),
@@ -81,6 +165,9 @@ class _EntryParam(ctypes.Structure):
 
 
 class _Args(ctypes.Structure):
+    """`struct fuse_args`."""
+
+    _c_name_ = "struct fuse_args"
     _fields_ = [
         ("argc", ctypes.c_int),
         ("argv", ctypes.POINTER(ctypes.c_char_p)),
@@ -89,17 +176,22 @@ class _Args(ctypes.Structure):
 
 
 class _Forget(ctypes.Structure):
+    """`struct fuse_forget_data`: `forget_multi` hands an array of them."""
+
+    _c_name_ = "struct fuse_forget_data"
     _fields_ = [("ino", _ino), ("nlookup", ctypes.c_uint64)]
 
 
 class _LegacyLoopConfig(ctypes.Structure):
     """`struct fuse_loop_config` of libfuse < 3.12 (no thread cap there)."""
 
+    _c_name_ = "struct fuse_loop_config"
+    _used_ = ((3, 0, 0), (3, 11, 99))
     _fields_ = [("clone_fd", ctypes.c_int), ("max_idle_threads", ctypes.c_uint)]
 
 
 _CALLBACKS = {
-    "init": ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(mfusepy.fuse_conn_info)),
+    "init": ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ConnInfo)),
     "lookup": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_char_p),
     "forget": ctypes.CFUNCTYPE(None, _req, _ino, ctypes.c_uint64),
     "getattr": ctypes.CFUNCTYPE(None, _req, _ino, _file_info_p),
@@ -123,12 +215,20 @@ _OPS_ORDER = [
 
 
 class _LowLevelOps(ctypes.Structure):
+    """`struct fuse_lowlevel_ops` up to `readdirplus`: its size is handed to libfuse, which
+    takes the operations after it as absent."""
+
+    _c_name_ = "struct fuse_lowlevel_ops"
+    _sized_ = False
     _fields_ = [(name, _CALLBACKS.get(name, ctypes.c_void_p)) for name in _OPS_ORDER]
 
 
 class _Buf(ctypes.Structure):
-    """`struct fuse_buf` (`mem_size` is 3.17's, ignored before)."""
+    """`struct fuse_buf` (`mem_size` is 3.17's: before, past the end of a one-buffer vector)."""
 
+    _c_name_ = "struct fuse_buf"
+    _since_ = {"mem_size": (3, 17, 0)}
+    _sized_ = False
     _fields_ = [
         ("size", ctypes.c_size_t),
         ("flags", ctypes.c_int),
@@ -140,6 +240,10 @@ class _Buf(ctypes.Structure):
 
 
 class _BufVec(ctypes.Structure):
+    """`struct fuse_bufvec` of one buffer (the binding never hands more)."""
+
+    _c_name_ = "struct fuse_bufvec"
+    _sized_ = False
     _fields_ = [
         ("count", ctypes.c_size_t),
         ("idx", ctypes.c_size_t),
@@ -163,8 +267,10 @@ _WRITEV = ctypes.CFUNCTYPE(
 
 
 class _CustomIo(ctypes.Structure):
-    """`struct fuse_custom_io` of libfuse 3.13 to 3.17.0."""
+    """`struct fuse_custom_io` of libfuse 3.13 to 3.17.0 (libfuse copies all of it)."""
 
+    _c_name_ = "struct fuse_custom_io"
+    _used_ = HOOKED
     _fields_ = [
         ("writev", _WRITEV),
         ("read", ctypes.c_void_p),
@@ -173,18 +279,45 @@ class _CustomIo(ctypes.Structure):
     ]
 
 
-def _library_name() -> str:
-    name = ctypes.util.find_library("fuse3")
-    if name is None:
-        raise BlfsError("libfuse 3 is not installed")
-    return name
+# The calls the binding makes, with the first libfuse version that has each (3.0 for most);
+# checked against the libraries of 3.10.5, 3.14.0, 3.17.2 and 3.18.2 (`CHECKED`). From 3.17 the
+# headers turn `fuse_session_new` into `fuse_session_new_versioned`; the plain symbol stays
+# exported, and libfuse (to 3.18.2) keeps the caller's version without reading it.
+CALLS_SINCE = {
+    "fuse_reply_err": (3, 0, 0),
+    "fuse_reply_none": (3, 0, 0),
+    "fuse_reply_entry": (3, 0, 0),
+    "fuse_reply_attr": (3, 0, 0),
+    "fuse_reply_open": (3, 0, 0),
+    "fuse_reply_buf": (3, 0, 0),
+    "fuse_reply_data": (3, 0, 0),
+    "fuse_reply_statfs": (3, 0, 0),
+    "fuse_add_direntry": (3, 0, 0),
+    "fuse_add_direntry_plus": (3, 0, 0),
+    "fuse_session_new": (3, 0, 0),
+    "fuse_session_mount": (3, 0, 0),
+    "fuse_session_fd": (3, 0, 0),
+    "fuse_set_signal_handlers": (3, 0, 0),
+    "fuse_remove_signal_handlers": (3, 0, 0),
+    "fuse_session_unmount": (3, 0, 0),
+    "fuse_session_destroy": (3, 0, 0),
+    "fuse_lowlevel_notify_inval_inode": (3, 0, 0),
+    "fuse_session_loop_mt_32": (3, 2, 0),
+    "fuse_loop_cfg_create": (3, 12, 0),
+    "fuse_loop_cfg_set_max_threads": (3, 12, 0),
+    "fuse_loop_cfg_set_idle_threads": (3, 12, 0),
+    "fuse_loop_cfg_destroy": (3, 12, 0),
+    "fuse_session_loop_mt_312": (3, 12, 0),
+    "fuse_session_custom_io": (3, 13, 0),
+    "fuse_passthrough_open": (3, 17, 0),
+}
 
 
-def _library() -> ctypes.PyDLL:
+def _library(name: str) -> ctypes.PyDLL:
     """libfuse 3 with the prototypes of the calls that never block (replies, entries,
     notifications: one quick write each). Called with the GIL held: releasing and taking it
     back around each one would let any busy thread delay every reply by a switch interval."""
-    lib = ctypes.PyDLL(_library_name())
+    lib = ctypes.PyDLL(name, use_errno=True)
     p = ctypes.POINTER
     prototypes: dict[str, tuple[Any, list[Any]]] = {
         "fuse_reply_err": (ctypes.c_int, [_req, ctypes.c_int]),
@@ -207,12 +340,15 @@ def _library() -> ctypes.PyDLL:
             [p(_Args), p(_LowLevelOps), ctypes.c_size_t, ctypes.c_void_p],
         ),
         "fuse_session_mount": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+        "fuse_session_fd": (ctypes.c_int, [ctypes.c_void_p]),
         "fuse_set_signal_handlers": (ctypes.c_int, [ctypes.c_void_p]),
         "fuse_remove_signal_handlers": (None, [ctypes.c_void_p]),
         "fuse_session_unmount": (None, [ctypes.c_void_p]),
         "fuse_session_destroy": (None, [ctypes.c_void_p]),
         "fuse_lowlevel_notify_inval_inode": (ctypes.c_int, [ctypes.c_void_p, _ino, _off, _off]),
     }
+    if hasattr(lib, "fuse_passthrough_open"):  # one ioctl; 0 and errno when refused
+        prototypes["fuse_passthrough_open"] = (ctypes.c_int, [_req, ctypes.c_int])
     for function, (restype, argtypes) in prototypes.items():
         getattr(lib, function).restype = restype
         getattr(lib, function).argtypes = argtypes
@@ -245,21 +381,19 @@ class _ReplyHook:
         self._io = _CustomIo(writev=self._writer, read=reader, splice_send=splicer)
 
     @staticmethod
-    def needed(lib: ctypes.CDLL) -> bool:
-        lib.fuse_pkgversion.restype = ctypes.c_char_p
-        version = tuple(int(part) for part in lib.fuse_pkgversion().split(b".")[:3])
-        return hasattr(lib, "fuse_session_custom_io") and version < (3, 17, 1)
+    def needed(version: tuple[int, int, int]) -> bool:
+        return HOOKED[0] <= version <= HOOKED[1]
 
     def install(self, lib: ctypes.CDLL, session: int) -> None:
-        lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
         lib.fuse_session_custom_io.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self.fd = lib.fuse_session_fd(session)
         if lib.fuse_session_custom_io(session, ctypes.byref(self._io), self.fd) != 0:
             raise BlfsError("libfuse refused its reply hook")
 
-    def kernel_offers(self, capable: int) -> None:
+    def kernel_offers(self, capable: int) -> bool:
         """What libfuse's init learnt: the flag only goes to a kernel that offered it."""
         self._kernel_offers = bool(capable & FUSE_CAP_PARALLEL_DIROPS)
+        return self._kernel_offers
 
     def _writev(self, fd: int, iov: Any, count: int, userdata: int) -> int:
         if self._init_reply_pending:
@@ -281,13 +415,68 @@ class _ReplyHook:
             ctypes.c_uint32.from_address(reply + _INIT_OUT_STACK_DEPTH).value = MAX_STACK_DEPTH
 
 
-def _data_reply(library: str) -> Any:
+def _data_reply(name: str) -> Any:
     """`fuse_reply_data`, called with the GIL released: it copies up to a MiB of file data into
     the kernel, and the download thread feeding a reader of a growing file runs meanwhile."""
-    reply = ctypes.CDLL(library).fuse_reply_data
+    reply = ctypes.CDLL(name).fuse_reply_data
     reply.restype = ctypes.c_int
     reply.argtypes = [_req, ctypes.POINTER(_BufVec), ctypes.c_int]
     return reply
+
+
+class Span(Protocol):
+    """Where on disk a piece of a file is (for a reply that splices it)."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+class Operations(Protocol):
+    """The path operations the binding calls (the FUSE adapter's): attributes and listings as
+    mfusepy-style dicts, errors as `OSError` with their errno."""
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]: ...
+    def listing(self, path: str) -> tuple[list[tuple[str, dict[str, Any], int]], bool]: ...
+    def on_metadata_change(self, callback: Callable[[], None]) -> None: ...
+    def open(self, path: str, fi: Any) -> int: ...
+    def read_piece(self, path: str, size: int, offset: int, fi: Any) -> bytes | Span: ...
+    def backing_fd(self, fi: Any) -> int | None: ...
+    def release(self, path: str, fi: Any) -> int: ...
+    def statfs(self, path: str) -> dict[str, Any]: ...
+    def destroy(self, path: str) -> None: ...
+
+
+def kernel_release() -> tuple[int, int]:
+    """The running kernel's (major, minor)."""
+    major, minor, _ = libfuse.parse_version(os.uname().release)
+    return major, minor
+
+
+def may_open_backing_files() -> bool:
+    """Whether this process has CAP_SYS_ADMIN, which the kernel asks of whoever opens a backing
+    file."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 21))  # CAP_SYS_ADMIN
+    return False
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a mount got of what it asked for, each with the reason when off."""
+
+    library: libfuse.Libfuse
+    parallel_lookups: str
+    passthrough: str
+    kept_listings: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.library.describe()}: parallel lookups {self.parallel_lookups}, "
+            f"passthrough {self.passthrough}, kernel-kept listings {self.kept_listings}"
+        )
 
 
 Entry = tuple[str, dict[str, Any]]
@@ -397,32 +586,40 @@ def _replying(handler: Callable[..., None]) -> Callable[..., None]:
 
 
 class KernelMount:
-    """Serves `operations` at `mountpoint` through libfuse 3's low-level API until unmounted."""
+    """Serves `operations` at `mountpoint` through libfuse 3's low-level API until unmounted.
+    `report` hears, once the kernel's INIT is answered, what the mount got (`Features`)."""
 
     def __init__(
         self,
-        operations: BlfsOperations,
+        operations: Operations,
         mountpoint: str,
         options: str,
         *,
         ttl: float,
+        library: libfuse.Libfuse,
         max_threads: int = 64,
         passthrough: bool = True,
+        report: Callable[[Features], None] = lambda features: None,
     ) -> None:
         self._ops = operations
         self._mountpoint = mountpoint
         self._options = options
         self._ttl = ttl
         self._max_threads = max_threads
-        self._lib = _library()
-        self._reply_data = _data_reply(_library_name())
+        self._library = library
+        self._lib = _library(library.name)
+        self._reply_data = _data_reply(library.name)
+        self._report = report
         self._inodes = _Inodes()
         self._listed: dict[int, _Listed] = {}
         self._listed_lock = threading.Lock()
         self._session: int | None = None
         self._zero_message_opendir = False
+        self._wants_passthrough = passthrough
         self._passthrough = Passthrough()
-        self._reply_hook = _ReplyHook(passthrough) if _ReplyHook.needed(self._lib) else None
+        self._reply_with_backing_id = False  # libfuse's own passthrough (3.17.1 and later)
+        hooked = _ReplyHook.needed(library.version)
+        self._reply_hook = _ReplyHook(passthrough) if hooked else None
         self._callbacks = {
             name: prototype(_kept_thread_state(getattr(self, f"_{name}")))
             for name, prototype in _CALLBACKS.items()
@@ -440,13 +637,20 @@ class KernelMount:
             raise BlfsError("libfuse refused the mount options (see the message above)")
         self._session = session
         self._ops.on_metadata_change(self._forget_listings)
+        if self._library.version < HOOKED[0]:
+            log.warning(
+                "libfuse %s cannot ask the kernel for parallel lookups or passthrough: a stat "
+                "beside a file that waits for its download waits with it, and cached files are "
+                "read through this process (libfuse 3.13 and later give both)",
+                self._library.version_text,
+            )
         try:
             if self._lib.fuse_session_mount(session, os.fsencode(self._mountpoint)) != 0:
                 raise BlfsError(f"cannot mount at {self._mountpoint}")
             if self._reply_hook:
                 self._reply_hook.install(self._lib, session)
                 if self._reply_hook.backing_files:
-                    self._passthrough.start(self._reply_hook.fd)
+                    self._passthrough.start(*session_backing(self._reply_hook.fd))
             try:
                 self._run(session)
             finally:
@@ -472,7 +676,7 @@ class KernelMount:
         """The multithreaded loop with a thread cap: a few waiting downloads must not freeze
         the mount (libfuse 3.12+ defaults to 10 workers). Idle workers are kept, not ended, so
         that the thread states they keep (`_kept_thread_state`) are never left behind."""
-        lib = ctypes.CDLL(_library_name())  # the loop waits for the kernel: without the GIL
+        lib = ctypes.CDLL(self._library.name)  # the loop waits for the kernel: without the GIL
         if hasattr(lib, "fuse_loop_cfg_create"):
             lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
             lib.fuse_loop_cfg_set_max_threads.argtypes = [ctypes.c_void_p, ctypes.c_uint]
@@ -493,10 +697,66 @@ class KernelMount:
     # --- names and attributes ---------------------------------------------------------------
 
     def _init(self, userdata: int, conn: Any) -> None:
-        if self._reply_hook:
-            self._reply_hook.kernel_offers(conn.contents.capable)
-        self._zero_message_opendir = bool(conn.contents.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
-        conn.contents.want |= conn.contents.capable & FUSE_CAP_SPLICE_WRITE
+        """Asks libfuse for what the mount uses, the way its version expects, and reports what
+        the mount got."""
+        info = conn.contents
+        self._zero_message_opendir = bool(info.capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+        version = self._library.version
+        if version >= ASKS_ITSELF:
+            parallel, passthrough = self._ask(info)
+        else:
+            info.want |= info.capable & FUSE_CAP_SPLICE_WRITE
+            parallel = bool(self._reply_hook and self._reply_hook.kernel_offers(info.capable))
+            passthrough = bool(self._reply_hook) and kernel_release() >= (6, 9)
+        unable = f"off (libfuse {self._library.version_text} cannot ask for it)"
+        self._report(
+            Features(
+                self._library,
+                parallel_lookups=_state(
+                    parallel, unable if version < HOOKED[0] else "off (the kernel lacks it)"
+                ),
+                passthrough=self._passthrough_state(passthrough, unable),
+                kept_listings=_state(self._zero_message_opendir, "off (kernel < 5.1)"),
+            )
+        )
+
+    def _ask(self, info: ConnInfo) -> tuple[bool, bool]:
+        """libfuse 3.17.1 and later: what `fuse_set_feature_flag` does (an inline function of
+        the headers, so not in the library): each capability the kernel offers is wanted in
+        `want_ext`. Passthrough is then libfuse's own: a backing id from
+        `fuse_passthrough_open`, handed back in `fuse_file_info.backing_id`."""
+        wanted = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_PARALLEL_DIROPS
+        if self._wants_passthrough:
+            wanted |= FUSE_CAP_PASSTHROUGH
+        granted = info.capable_ext & wanted
+        info.want_ext |= granted
+        passthrough = bool(granted & FUSE_CAP_PASSTHROUGH)
+        if passthrough:
+            info.max_backing_stack_depth = MAX_STACK_DEPTH - 1  # libfuse sends one more
+            self._reply_with_backing_id = True
+            self._passthrough.start(self._open_backing, session_backing(self._fd())[1])
+        return bool(granted & FUSE_CAP_PARALLEL_DIROPS), passthrough
+
+    def _fd(self) -> int:
+        return self._lib.fuse_session_fd(self._session)
+
+    def _open_backing(self, req: int, fd: int) -> int:
+        backing_id = self._lib.fuse_passthrough_open(req, fd)
+        if backing_id <= 0:
+            code = ctypes.get_errno() or errno.EPERM
+            raise OSError(code, os.strerror(code))
+        return backing_id
+
+    def _passthrough_state(self, negotiated: bool, unable: str) -> str:
+        if not self._wants_passthrough:
+            return "off (-o nopassthrough)"
+        if self._library.version < HOOKED[0]:
+            return unable
+        if not negotiated:
+            return "off (kernel < 6.9)"
+        if not may_open_backing_files():
+            return "off (needs CAP_SYS_ADMIN: run the mount as root)"
+        return "on"
 
     def _entry(self, attrs: dict[str, Any], ino: int) -> _EntryParam:
         """A name's attributes, for the kernel to keep (see `_attr_timeout`)."""
@@ -569,11 +829,15 @@ class KernelMount:
         self._ops.open(path, fi.contents)
         fh = fi.contents.fh
         try:
-            backing_id = self._passthrough.open(ino, fh, self._ops.backing_fd(fi.contents))
+            backing_id = self._passthrough.open(req, ino, fh, self._ops.backing_fd(fi.contents))
         except OSError:
             self._ops.release(path, fi.contents)
             raise
         if backing_id is None:
+            result = self._lib.fuse_reply_open(req, fi)
+        elif self._reply_with_backing_id:
+            fi.contents.backing_id = backing_id
+            fi.contents.keep_cache = 0  # the kernel reads the backing file, not its page cache
             result = self._lib.fuse_reply_open(req, fi)
         else:
             reply = struct.pack("QIi", fh, FOPEN_PASSTHROUGH, backing_id)  # struct fuse_open_out
@@ -693,6 +957,10 @@ class KernelMount:
             return _EntryParam(attr=_type_only(entries[i][1]))
 
         return describe
+
+
+def _state(on: bool, off: str) -> str:
+    return "on" if on else off
 
 
 def _type_only(attrs: dict[str, Any]) -> mfusepy.c_stat:

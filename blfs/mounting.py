@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blfs import mountinfo, status
+from blfs import libfuse, mountinfo, status
 from blfs.errors import AccessDenied, BlfsError, RemoteError
 from blfs.metastore import FILENAME as METADATA_FILE
 from blfs.metastore import MetaStore
@@ -114,13 +113,6 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise SystemExit(f"blfs: mountpoint {mountpoint} is not a directory")
 
 
-def _use_libfuse3() -> bool:
-    """mfusepy picks its libfuse at import; libfuse 3 when present (DESIGN §10)."""
-    if ctypes.util.find_library("fuse3"):
-        os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-    return os.environ.get("FUSE_LIBRARY_NAME") == "fuse3"
-
-
 def log_to_stderr() -> None:
     """How a mount process logs: to stderr, which a background mount sends to its log file."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -170,7 +162,7 @@ def offline_metadata(cache_dir: Path) -> bool:
 
 
 def _serve(options: MountOptions, client: Client) -> None:
-    libfuse3 = _use_libfuse3()
+    library = libfuse.select()  # before mfusepy is imported, so that it loads the same one
     from blfs.cache import LOCK_WAIT, Cache
     from blfs.catalog import Catalog
     from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
@@ -204,8 +196,17 @@ def _serve(options: MountOptions, client: Client) -> None:
         },
         lambda: {"downloads": downloads.progress()},
     )
+
+    def report(line: str) -> None:
+        log.info("%s", line)
+        try:
+            publisher.update(libfuse=line)
+        except OSError as exc:  # the next publish tries again; the mount goes on
+            log.warning("cannot update the status record: %s", exc)
+
     try:
-        _run_fuse(BlfsOperations(namespace, shared=options.share), options, fuse_options, libfuse3)
+        operations = BlfsOperations(namespace, shared=options.share)
+        _run_fuse(operations, options, fuse_options, library, report)
     finally:
         publisher.close()
         downloads.settle(LOCK_WAIT)
@@ -215,18 +216,33 @@ def _run_fuse(
     operations: BlfsOperations,
     options: MountOptions,
     fuse_options: dict[str, str | bool],
-    libfuse3: bool,
+    library: libfuse.Libfuse,
+    report: Callable[[str], None],
 ) -> None:
     """libfuse 3 through our low-level binding (the kernel keeps listings and attributes);
-    libfuse 2 through mfusepy's path API, with the same timeouts."""
+    libfuse 2 through mfusepy's path API, with the same timeouts. `report` hears which
+    library and which of its features the mount uses."""
     passthrough = not fuse_options.pop(NO_PASSTHROUGH, False)
-    if libfuse3:
+    if library.major == 3:
         from blfs.fuse_kernel import KernelMount
 
         point, text = str(options.mountpoint), format_fuse_options(fuse_options)
-        KernelMount(operations, point, text, ttl=options.ttl, passthrough=passthrough).serve()
+        KernelMount(
+            operations,
+            point,
+            text,
+            ttl=options.ttl,
+            library=library,
+            passthrough=passthrough,
+            report=lambda features: report(features.describe()),
+        ).serve()
         return
     import mfusepy
+
+    report(
+        f"{library.describe()}: mfusepy's path API (no parallel lookups, passthrough or "
+        "kernel-kept listings)"
+    )
 
     timeouts = {"entry_timeout": str(options.ttl), "attr_timeout": str(options.ttl)}
     point = str(options.mountpoint)

@@ -52,6 +52,11 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="blfs-status", daemon=True)
         self._thread.start()
 
+    def update(self, **fields: Any) -> None:
+        """Adds or changes lasting fields of the record (what the mount learnt once running)."""
+        self._record.update(fields)
+        self._publish()
+
     def _publish(self) -> None:
         _write_atomically(self._path, {**self._record, **self._live()})
 

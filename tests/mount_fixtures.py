@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes.util
 import itertools
 import os
 import shutil
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from blfs import mountinfo
+from blfs import libfuse, mountinfo
+from blfs.errors import BlfsError
 
 READY_TIMEOUT = 20.0
 
@@ -27,18 +27,39 @@ def fuse_missing() -> str | None:
         return "no read-write /dev/fuse"
     if not (shutil.which("fusermount3") or shutil.which("fusermount")):
         return "no fusermount3 (apt install fuse3)"
-    if not (ctypes.util.find_library("fuse3") or ctypes.util.find_library("fuse")):
-        return "no libfuse"
+    try:
+        libfuse.find()
+    except BlfsError as exc:
+        return str(exc)
     return None
 
 
+def unavailable(reason: str) -> None:
+    """Skips a test that cannot run here, but fails it under CI, so that a broken CI never
+    passes by skipping."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
 def require_fuse() -> None:
-    """Skips without FUSE, but fails under CI so a broken CI never passes by skipping."""
     reason = fuse_missing()
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"FUSE is required under CI: {reason}")
-        pytest.skip(reason)
+        unavailable(f"FUSE is required: {reason}")
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path`, for a test to fill up (mounting one takes root)."""
+    path.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    mounted = subprocess.run(command, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
 
 
 def user_env(home: Path) -> dict[str, str]:

@@ -12,7 +12,9 @@ import fnmatch
 import glob
 import json
 import os
+import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import bids
 import nibabel as nib
 import pytest
-from mount_fixtures import Mount, mounted, save_token
+from mount_fixtures import Mount, mounted, save_token, unavailable
 from test_fetch import DOWNLOAD
 from test_mount import archive_members, project, run
 
@@ -247,8 +249,18 @@ def test_an_optional_file_its_object_lacks_is_never_listed_and_is_enoent(mount, 
     assert caught.value.errno == errno.ENOENT
 
 
+def tool(name: str, installed_by: str) -> str:
+    """A tool the tests call: on PATH, or beside this Python (a virtualenv's, not activated)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=path)
+    if found is None:
+        unavailable(f"no {name} ({installed_by})")
+    return str(found)
+
+
 def validate(root: Path) -> list[dict]:
-    result = run("bids-validator-deno", "--json", str(root), timeout=300)
+    validator = tool("bids-validator-deno", "pip install -e '.[test]'")
+    result = run(validator, "--json", str(root), timeout=300)
     assert result.stdout, result.stderr
     return json.loads(result.stdout)["issues"]["issues"]
 
@@ -314,6 +326,7 @@ def test_the_warehouse_download_script_links_the_same_bytes(mount, emulator, tmp
     )
     assert reply.status_code == 200
     (tmp_path / "download.sh").write_text(reply.text)
+    tool("curl", "apt install curl")  # what the script downloads with
     ran = subprocess.run(
         ["bash", "download.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )

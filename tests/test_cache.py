@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -11,11 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import test_fetch
+from mount_fixtures import small_tmpfs
 from test_fetch import (
     CHILD,
     ROOT,
@@ -119,20 +118,6 @@ def test_usage_entries_and_clear(client, emulator, objects, tmp_path):
     assert cache.clear([object_key(a)]) == [object_key(a)]
     assert cache.clear() == [object_key(b)]
     assert cache.usage()[0] == 0 and not fetcher.cached(b)
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
 
 
 def test_a_full_disk_gives_cachefull_and_no_corrupt_entry(client, emulator, objects, tmp_path):

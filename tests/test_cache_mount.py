@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mount_fixtures import small_tmpfs
 from test_fetch import downloads, tar_bytes, wait_until
 from test_mount import an_object, archive_members, run, shown_objects
 
@@ -170,16 +171,9 @@ def test_kill_9_mid_download_then_a_new_mount_recovers(replace_archive, mount_fa
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path):
-    """A 6 MiB tmpfs to fill up; skipped where mounting one is not allowed."""
-    point = tmp_path / "small"
-    point.mkdir()
-    done = run("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(point))
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    """A 6 MiB tmpfs to fill up."""
+    with small_tmpfs(tmp_path / "small", "6m") as point:
         yield point
-    finally:
-        run("umount", "-l", str(point))
 
 
 def test_disk_full_gives_enospc_and_no_corrupt_entry(

@@ -22,6 +22,8 @@ from test_cache_mount import read_object, sized_objects
 from test_fetch import downloads, hostile_tar, wait_until
 from test_mount import an_object, run
 
+from blfs import libfuse
+
 MiB = 1 << 20
 STALL_TIMEOUT = 30.0  # the mount's read timeout, the bar for every waiter: within 35 s
 
@@ -77,7 +79,10 @@ def test_six_readers_of_a_stalled_object_fail_within_one_stall_timeout_and_one_d
         f"\nsix waiters {waits} s, other object {other_seconds:.2f} s, beside {info_seconds:.2f} s"
     )
     assert other_seconds < 10 and other_error is None
-    assert info_seconds < STALL_TIMEOUT / 3
+    if libfuse.find().version >= (3, 13, 0):  # lookups in one directory run in parallel
+        assert info_seconds < 1.0
+    else:  # README's libfuse table: one lookup per directory at a time, so it waits its turn
+        assert STALL_TIMEOUT / 2 < info_seconds < STALL_TIMEOUT + 2
     assert all(error is not None for _, error in results)
     assert max(seconds for seconds, _ in results) < STALL_TIMEOUT + 10
     assert time.monotonic() - started < STALL_TIMEOUT + 12
