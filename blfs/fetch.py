@@ -282,15 +282,14 @@ class ObjectFetcher:
         item, file = archive.item, archive.file(relpath)
         pin = item.pin()
         try:
-            fd = item.open(file)
-        except FileNotFoundError:
-            pin.release()
-            item.wait(lambda: False, "the end of a download")
-            self._forget(archive)  # it was complete, then evicted: fetch it again
-            return None
+            fd = self._open_file(archive, file)
         except BaseException:
             pin.release()
             raise
+        if fd is None:
+            pin.release()
+            self._forget(archive)  # it was complete, then evicted: fetch it again
+            return None
         if item.done and os.fstat(fd).st_size != file.size:
             os.close(fd)
             pin.release()
@@ -298,6 +297,22 @@ class ObjectFetcher:
             self._forget(archive)
             return None
         return FileHandle(item, file, fd, pin)
+
+    def _open_file(self, archive: Archive, file: GrowingFile) -> int | None:
+        """(Pinned.) An fd on a member's file where it is now: where the archive last saw it, or
+        in the entry another process committed since (its rename moved the staging a follower
+        reads, and may come just before this open); None if it is in neither (evicted)."""
+        try:
+            return archive.item.open(file)
+        except FileNotFoundError:
+            pass
+        archive.item.wait(lambda: False, "the end of a download")
+        if not self._take_committed(archive):
+            return None
+        try:
+            return archive.item.open(file)
+        except FileNotFoundError:
+            return None
 
     # -- the download (or following another process's) -----------------------------------------
     def _fetch(self, archive: Archive, expected_size: int | None) -> None:

