@@ -162,6 +162,12 @@ class Item:
         self.staging = self.cache.stage(self.key, reserve, directory)
         return self.staging.path
 
+    def adopt(self, staging: Staging, written: int) -> None:
+        """Takes over the staging of another process's download, which holds `written` bytes."""
+        self.staging = staging
+        self.owner = True
+        self._written = written
+
     def spaced(self, needed: int, write: Callable[[], T]) -> T:
         """Runs a write into the cache; on a full disk evicts and retries once, then CacheFull."""
         try:

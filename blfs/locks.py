@@ -60,6 +60,10 @@ class FileLock:
         return True
 
     @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    @property
     def fd(self) -> int:
         assert self._fd is not None, "lock not held"
         return self._fd
@@ -85,3 +89,18 @@ class FileLock:
                 os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
+
+
+def locked_by_anyone(path: Path) -> bool:
+    """Whether some process holds an flock on the existing file at `path` (False if none)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

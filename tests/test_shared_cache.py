@@ -6,6 +6,8 @@ filesystems are real FUSE filesystems (tests/faultfs.py)."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +16,11 @@ from pathlib import Path
 import pytest
 from emulator_fixtures import generate_data, start_emulator
 from mount_fixtures import mounted, save_token
+from test_cache_mount import sized_objects
 from test_fetch import downloads
 from test_mount import archive_members, shown_objects
 
+MiB = 1 << 20
 MOUNTS = 4
 OBJECTS = 20
 ROUNDS = 10
@@ -116,3 +120,51 @@ def wait_for(predicate, timeout: float, what: str) -> float:
         assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+def test_a_downloader_killed_mid_download_is_taken_over_by_a_follower_within_seconds(
+    replace_archive, mount_factory, emulator
+):
+    (obj,) = sized_objects(replace_archive, emulator, 1, 6 * MiB)
+    expected = archive_members(emulator, obj["_id"])["blob.bin"]
+    owner = mount_factory()
+    followers = [mount_factory(cache_dir=owner.cache_dir) for _ in range(2)]
+    emulator.set(bandwidth=MiB)
+    reader = subprocess.Popen(
+        ["cat", str(owner.path / "objects" / obj["_id"] / "blob.bin")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    staged = owner.cache_dir / "tmp"
+    wait_for(lambda: any(p.stat().st_size for p in staged.glob("*/data/blob.bin")), 20, "bytes")
+    results: list[tuple[bytes | OSError, float]] = []
+
+    def read(mount) -> None:
+        try:
+            data: bytes | OSError = (mount.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
+        except OSError as exc:
+            data = exc
+        results.append((data, time.monotonic()))
+
+    threads = [threading.Thread(target=read, args=(mount,)) for mount in followers]
+    for thread in threads:
+        thread.start()
+    wait_for(
+        lambda: all("another process downloads it" in mount.log() for mount in followers),
+        20,
+        "the followers",
+    )
+    emulator.set(bandwidth=None)
+    killed = time.monotonic()
+    owner.process.send_signal(signal.SIGKILL)
+    owner.process.wait(10)
+    for thread in threads:
+        thread.join(60)
+    reader.wait(10)
+    took = max(ended for _, ended in results) - killed
+    print(f"\nfollowers read the object {took:.2f} s after its downloader was killed")
+    assert [data for data, _ in results] == [expected, expected]
+    assert took < 5
+    assert downloads(emulator, obj["_id"]) == 2
+    assert sum(mount.log().count("taking over the download") for mount in followers) == 1
+    assert (owner.cache_dir / "objects" / obj["_id"] / "index.json").is_file()
