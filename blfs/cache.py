@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
+from blfs.errors import BlfsError, CacheFull, LocksRefused, NotFound, RemoteTimeout
 from blfs.eviction import EvictionOrder
 from blfs.failures import Failures
 from blfs.ledger import Ledger
@@ -166,9 +166,17 @@ class Cache:
         self._doomed: list[Path] = []  # renamed into tmp/ under the lock, removed after it
         self._ledger = Ledger(self.root / LEDGER)
         self._order = EvictionOrder(self._last_use)
-        with self.locked():
-            self._rebuild()
-            self._reservations(exclude=None)  # removes staging left by killed processes
+        try:
+            with self.locked():
+                self._rebuild()
+                self._reservations(exclude=None)  # removes staging left by killed processes
+        except LocksRefused as exc:
+            raise LocksRefused(
+                f"cannot use the cache dir {self.root}: its filesystem refuses file locks"
+                f" ({exc}), which sharing it between processes needs; give a cache dir on a"
+                " local disk (--cache-dir DIR), or mount that filesystem with working locks"
+                " (NFS: without 'nolock' and with rpc.statd running; Lustre: -o flock)"
+            ) from None
         for path in (self.root / "tmp").glob(_DOOMED + "*"):
             _remove_path(path)  # a killed process's; one still being removed is removed twice
 

@@ -6,6 +6,7 @@ that needs a working lock manager.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -13,10 +14,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from blfs.errors import RemoteTimeout
+from blfs.errors import LocksRefused, RemoteTimeout
 from blfs.private import FILE_MODE
 
 _POLL_MIN, _POLL_MAX = 0.01, 0.2
+# What flock gives on a filesystem without working locks (NFS without its lock manager, some
+# FUSE and SMB filesystems).
+_REFUSED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 class FileLock:
@@ -35,6 +39,11 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _REFUSED:
+                raise LocksRefused(f"{self.path}: {exc.strerror}") from None
+            raise
         try:
             same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
