@@ -718,7 +718,7 @@ class TaskFiles:
             if reader.read(CHUNK) or (limit is not None and reader.count != limit):
                 raise BadArchive(f"{item.describe()}: {reader.count} bytes, expected {limit}")
             if entry.final:  # synced before its commit; a temporary file never is
-                item.spaced(0, lambda: os.fsync(fd))
+                item.synced(fd)
         finally:
             os.close(fd)
 
