@@ -6,8 +6,11 @@ filesystems are real FUSE filesystems (tests/faultfs.py)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +18,14 @@ from pathlib import Path
 
 import pytest
 from emulator_fixtures import generate_data, start_emulator
-from mount_fixtures import mounted, save_token
-from test_cache_mount import sized_objects
+from faultfs import fault_filesystem
+from mount_fixtures import mounted, require_fuse, save_token, user_env
+from test_cache_mount import sized_objects, staged
 from test_fetch import downloads
 from test_mount import archive_members, shown_objects
+
+from blfs import mountinfo
+from blfs.cache import object_key, settled
 
 MiB = 1 << 20
 MOUNTS = 4
@@ -168,3 +175,71 @@ def test_a_downloader_killed_mid_download_is_taken_over_by_a_follower_within_sec
     assert downloads(emulator, obj["_id"]) == 2
     assert sum(mount.log().count("taking over the download") for mount in followers) == 1
     assert (owner.cache_dir / "objects" / obj["_id"] / "index.json").is_file()
+
+
+def test_a_cache_dir_whose_filesystem_refuses_locks_is_refused_with_one_clear_line(
+    emulator, user_home, tmp_path
+):
+    require_fuse()
+    point = tmp_path / "mnt"
+    point.mkdir()
+    with fault_filesystem(tmp_path / "nolocks", "--refuse-locks") as shared:
+        cache = shared / "cache"
+        command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", emulator.url]
+        try:
+            done = subprocess.run(
+                [*command, "--cache-dir", str(cache)],
+                env=user_env(user_home),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            if mountinfo.is_mounted(point):
+                mountinfo.unmount(point)
+    (line,) = done.stderr.strip().splitlines()
+    print(f"\n{line}")
+    assert done.returncode != 0
+    assert line.startswith(f"blfs: cannot use the cache dir {cache}: ")
+    assert "refuses file locks" in line and "No locks available" in line
+    assert "--cache-dir" in line and "nolock" in line
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "EDQUOT", "EIO"])
+def test_a_failed_fsync_is_never_retried_into_a_commit(
+    error, replace_archive, emulator, user_home, tmp_path
+):
+    (obj,) = sized_objects(replace_archive, emulator, 1, MiB)
+    expected = archive_members(emulator, obj["_id"])["blob.bin"]
+    options = ("--fail-fsync", error, "--under", "cache/tmp")
+    with (
+        fault_filesystem(tmp_path / "faulty", *options) as shared,
+        mounted(emulator.url, user_home, cache_dir=shared / "cache") as mount,
+    ):
+        data = (mount.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
+        key = object_key(obj["_id"])
+        wait_for(lambda: settled(mount.cache_dir, key) and not staged(mount), 20, "its end")
+        committed = (mount.cache_dir / "objects" / obj["_id"]).exists()
+        log = mount.log()
+    assert data == expected  # every byte was there before the commit was tried
+    assert not committed
+    assert f"could not keep object {obj['_id']}" in log
+
+
+def test_a_cache_dir_on_a_shared_filesystem_keeps_its_metadata_in_a_rollback_journal(
+    emulator, user_home, tmp_path
+):
+    with fault_filesystem(tmp_path / "shared") as shared:
+        for name in ("first", "second"):  # the second lists from what the first stored
+            with mounted(emulator.url, user_home, cache_dir=shared / "cache", name=name) as mount:
+                assert "Lab Private" in os.listdir(mount.path / "projects")
+                log = mount.log()
+            assert "metadata cache" not in log, log
+        store = shared / "cache" / "metadata.sqlite3"
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            answers = db.execute("SELECT count(*) FROM answers").fetchone()[0]
+        leftovers = sorted(p.name for p in store.parent.glob("metadata.sqlite3-*"))
+    assert mode == "delete"
+    assert answers > 0
+    assert leftovers == []  # no -wal, no -shm: nothing mapped in memory shared across hosts
