@@ -28,7 +28,8 @@ from test_fetch import (
     wait_until,
 )
 
-from blfs.cache import Cache, object_key
+from blfs.archive import JournalReader
+from blfs.cache import JOURNAL, Cache, object_key
 from blfs.errors import CacheFull
 from blfs.item import GrowingFile, Item
 
@@ -389,3 +390,52 @@ def test_everything_created_is_owner_only_whatever_the_umask(client, emulator, o
         os.umask(old)
     loose = [p for p in [root, *root.rglob("*")] if p.lstat().st_mode & 0o077]
     assert loose == []
+
+
+def test_an_evicted_entry_is_deleted_after_the_cache_lock_is_let_go(tmp_path):
+    root = tmp_path / "cache"
+    first, second = Cache(root, 1 << 30), Cache(root, 1 << 30)
+    key = object_key("many")
+    staging = first.stage(key, 0, directory=True)
+    (staging.path / "data").mkdir()
+    names = [f"f{n}" for n in range(20_000)]  # an entry whose deletion takes a while
+    for name in names:
+        (staging.path / "data" / name).touch()
+    index = {"version": 1, "bytes": 0, "members": [[name, 0, 0o100444, 0.0] for name in names]}
+    (staging.path / "index.json").write_text(json.dumps(index))
+    with first.locked():
+        first.commit(staging, 0)
+    evicting = threading.Thread(target=first.clear, args=([key],))
+    evicting.start()
+    doomed = root / "tmp"
+    wait_until(lambda: any(p.name.startswith("evict-") for p in doomed.iterdir()), what="rename")
+    started = time.monotonic()
+    with second.locked():  # what a lookup of another object needs to stage it
+        waited = time.monotonic() - started
+        deleting = any(p.name.startswith("evict-") for p in doomed.iterdir())
+    evicting.join(60)
+    print(f"\nthe cache lock came after {waited:.3f} s of the eviction's deletion")
+    assert deleting, "the cache lock was held until the evicted entry was deleted"
+    assert not (root / key).exists() and list(doomed.glob("evict-*")) == []
+
+
+def test_a_dead_downloaders_staging_is_kept_while_followed_and_adopted_by_a_follower(tmp_path):
+    root = tmp_path / "cache"
+    key = object_key("d" * 24)
+    followed, alone = (Cache(root, 1 << 30).stage(key, 10, directory=True) for _ in range(2))
+    for staging in (followed, alone):
+        (staging.path / JOURNAL).write_bytes(b'["member","x",1,33188,0]\n')
+        staging.lock.release()  # as its process died: the lock went with it
+    reader = JournalReader(followed.path / JOURNAL)
+    try:
+        other = Cache(root, 1 << 30)
+        assert other.usage() == (10, 1 << 30)  # the followed one is kept, and still counted
+        assert not alone.path.exists()
+        adopted = other.adopt(key, followed.path)
+        assert adopted is not None and adopted.path == followed.path and adopted.reserved == 10
+        assert Cache(root, 1 << 30).adopt(key, followed.path) is None  # one adopter only
+        assert reader.new_lines() == [["member", "x", 1, 33188, 0]]
+        other.discard(adopted)
+    finally:
+        reader.close()
+    assert list((root / "tmp").iterdir()) == []
