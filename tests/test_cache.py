@@ -246,6 +246,16 @@ put(Cache(Path({str(root)!r}), 1 << 30), "b", 1000)
     assert Cache(root, 1 << 30).usage()[0] == 100
 
 
+def waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether `thread` is inside a Python function of that name now."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_readers_of_an_item_open_its_files_while_its_commit_waits_for_another_cache_lock(
     tmp_path,
 ):
@@ -259,7 +269,7 @@ def test_readers_of_an_item_open_its_files_while_its_commit_waits_for_another_ca
     committing = threading.Thread(target=item.commit, args=(4, moved), daemon=True)
     with other.locked():
         committing.start()
-        time.sleep(0.5)  # the commit is waiting for the lock `other` holds
+        wait_until(lambda: waiting_in(committing, "acquire"), what="the commit to wait")
         opened: list[int] = []
         opener = threading.Thread(target=lambda: opened.append(item.open(file)), daemon=True)
         opener.start()
@@ -286,9 +296,9 @@ def test_the_bound_holds_with_two_instances_committing_in_turn(tmp_path):
 def test_eviction_follows_uses_seen_by_another_instance(tmp_path):
     root = tmp_path / "cache"
     first, second = Cache(root, 1000), Cache(root, 1000)
-    for name in ("a", "b", "c"):
+    for age, name in enumerate("abc"):
         put(first, name, 300)
-        time.sleep(0.02)  # distinct mtimes
+        os.utime(root / object_key(name) / "index.json", (1e9 + age, 1e9 + age))  # last uses
     second.pin(object_key("a"), time.monotonic() + 5).release()  # a is now the most recent
     put(first, "d", 300)
     assert on_disk(root) == {object_key(k) for k in "acd"}
