@@ -117,8 +117,13 @@ class MetaStore:
 
 
 def journal_mode(directory: Path) -> str:
-    """WAL where only this host can see the store, a rollback journal anywhere else."""
-    return "WAL" if filesystem_type(directory) in LOCAL_FILESYSTEMS else "DELETE"
+    """WAL where only this host can see the store, a rollback journal anywhere else (and
+    where the filesystem cannot be told)."""
+    try:
+        local = filesystem_type(directory) in LOCAL_FILESYSTEMS
+    except (OSError, ValueError, IndexError):
+        local = False
+    return "WAL" if local else "DELETE"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
