@@ -3,8 +3,9 @@ readers look names up in, and the journal that lets other processes see it grow.
 
 The journal (`journal` in the object's staging dir, kept in the committed entry) has one JSON line
 per member header as it passes (`["member", name, size, mode, mtime]`), then `["end", bytes]`
-once the whole archive has been verified, or `["failed"]`. The bytes of each file that are
-present are its size on disk: files are written in order by one writer.
+once the whole archive has been verified, or `["failed"]`; a process that took over a download
+whose writer died adds `["checked"]` while it re-reads what is there (see fetch.py). The bytes of
+each file that are present are its size on disk: files are written in order by one writer.
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ class JournalWriter:
 
     def member(self, member: Member) -> None:
         self._line(["member", member.name, member.size, member.mode, member.mtime])
+
+    def checked(self) -> None:
+        """(A process that took over.) Bytes already there were checked against the stream."""
+        self._line(["checked"])
 
     def end(self, archive_bytes: int) -> None:
         self._line(["end", archive_bytes])

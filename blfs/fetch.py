@@ -39,6 +39,7 @@ _KEPT_ARCHIVES = 256  # complete archives (members and files) kept in memory, fo
 _KEPT_MEMBERS = 4_096  # members of committed objects' trees kept for listings (~1 MB)
 _KEPT_FAILURES = 20  # recent failures shown by progress()
 _FOLLOW_POLL = 0.05  # how often a follower looks at another process's download
+_CHECKED_NOTE = 0.5  # seconds between a takeover's notes to the other followers while it checks
 # Failures a later attempt may well not repeat, so they are not held against the key.
 _NOT_REMEMBERED = (AccessDenied, CacheFull, Cancelled)
 
@@ -400,7 +401,7 @@ class ObjectFetcher:
             item.check_running()
             path = data / member.name
             if position < resumed:
-                self._resume_member(archive, journaled[position], member, read, path)
+                self._resume_member(archive, journaled[position], member, read, path, journal)
                 continue
             if read is None:
                 item.make_dir(path)
@@ -429,9 +430,11 @@ class ObjectFetcher:
         member: Member,
         read: Callable[[int], bytes | memoryview] | None,
         path: Path,
+        journal: JournalWriter,
     ) -> None:
         """A member another process began: the bytes it wrote must be the stream's, the rest is
-        appended to the same file."""
+        appended to the same file. While they are checked, the journal says so now and then, so
+        that the other followers see a download that goes on."""
         item = archive.item
         if member != journaled:
             raise BadArchive(
@@ -443,12 +446,15 @@ class ObjectFetcher:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             present = min(os.fstat(fd).st_size, member.size)
-            checked = 0
+            checked, noted = 0, time.monotonic()
             while checked < present:
                 data = read(min(CHUNK, present - checked))
                 if not data or os.pread(fd, len(data), checked) != data:
                     raise BadArchive(f"{item.describe()}: {member.name!r} differs from before")
                 checked += len(data)
+                if time.monotonic() - noted >= _CHECKED_NOTE:
+                    journal.checked()
+                    noted = time.monotonic()
             item.grown(file, max(file.written, present))
             item.fill(file, fd, read)
         finally:
@@ -551,6 +557,8 @@ class _Follower:
         for line in self._journal.new_lines():
             if line[0] == "end":
                 ended, self.archive_bytes = True, line[1]
+            elif line[0] == "checked":
+                self._archive.item.going_on()
             else:
                 self._publish(Member(*line[1:]))
         self._grow()

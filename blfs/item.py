@@ -216,6 +216,11 @@ class Item:
             self._progress_at = time.monotonic()
             self.cond.notify_all()
 
+    def going_on(self) -> None:
+        """Progress without new bytes (another process checks what is there): not a stall."""
+        with self.cond:
+            self._progress_at = time.monotonic()
+
     def check_running(self) -> None:
         """Raises Cancelled once the item failed or its readers left: stop writing."""
         if self.error is not None:

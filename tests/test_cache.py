@@ -449,3 +449,56 @@ def test_a_dead_downloaders_staging_is_kept_while_followed_and_adopted_by_a_foll
     finally:
         reader.close()
     assert list((root / "tmp").iterdir()) == []
+
+
+def test_followers_of_a_killed_downloader_read_on_while_the_one_taking_over_checks_its_bytes(
+    client, emulator, objects, tmp_path, home
+):
+    object_id = objects[0]
+    data = os.urandom(16 * MiB)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=8 * MiB)
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline().strip() == "open"
+        staged = root / "tmp"
+        half = lambda: any(p.stat().st_size >= 8 * MiB for p in staged.glob("*/data/data.bin"))  # noqa: E731
+        wait_until(half, what="half the object")
+        # Stall timeouts far below the time the takeover needs to check the bytes there.
+        followers = [new_fetcher(client, root, timeout=2.0) for _ in range(2)]
+        handles = [follower.contents(object_id).open("data.bin") for follower in followers]
+        emulator.set(bandwidth=2 * MiB)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait(10)
+    started = time.monotonic()
+    results = read_all_of(handles, len(data))
+    print(f"\nboth followers read the object {time.monotonic() - started:.1f} s after the kill")
+    assert results == [data, data]
+    assert downloads(emulator, object_id) == 2
+
+
+def read_all_of(handles: list, size: int) -> list[bytes | Exception]:
+    """Each handle read whole at once, in threads of their own."""
+    results: list[bytes | Exception] = [b""] * len(handles)
+
+    def read(index: int) -> None:
+        try:
+            results[index] = handles[index].read(0, size)
+        except Exception as exc:  # noqa: BLE001 - the error is the result
+            results[index] = exc
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(handles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
