@@ -232,8 +232,8 @@ class ObjectFetcher:
         key = object_key(object_id)
         with self._lock:
             archive = self._in_flight.get(object_id) or self._complete.get(object_id)
-            if archive is not None:
-                return archive
+            if archive is not None and archive.item.error is None:
+                return archive  # a failed one, still ending, is not: its failure is remembered
             index = self._cache.read_index(key)
             if index is not None:
                 archive = Archive(object_id, Item.complete(self._cache, key, f"object {object_id}"))
@@ -329,12 +329,31 @@ class ObjectFetcher:
                     return
                 archive.item.watch("another process to start its download")
                 time.sleep(_FOLLOW_POLL)
-            lock.write_note("")  # a note left by a killed holder is not ours
-            if not self._take_committed(archive):
-                archive.item.owner = True
+            previous = lock.read_note()  # left by a holder that died, if any
+            lock.write_note("")
+            if self._take_committed(archive):
+                return
+            archive.item.owner = True
+            if not (previous and self._resume(archive, expected_size, previous, lock)):
                 self._download(archive, expected_size, lock)
         finally:
             lock.release(unlink=True)
+
+    def _resume(
+        self, archive: Archive, expected_size: int | None, name: str, lock: FileLock
+    ) -> bool:
+        """(Holding the fetch lock.) Takes over the staging `name` of a download whose process
+        died, which other processes may still be reading; False if it is not to be had."""
+        staging = self._cache.root / "tmp" / name
+        try:
+            journal = JournalReader(staging / JOURNAL)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        with contextlib.closing(journal):
+            if not self._took_over(archive, staging, lock, _Follower(archive, staging, journal)):
+                return False
+            self._download(archive, expected_size, lock, resumed=len(archive.order))
+        return True
 
     def _take_committed(self, archive: Archive) -> bool:
         """Serves the committed entry (another process finished it) if there is one."""

@@ -77,6 +77,7 @@ class Item:
         self._stall_timeout = stall_timeout
         self._on_fail = on_fail
         self._written = 0
+        self._failing = False
         self._progress_at = self.started
         self._seen = 0
 
@@ -263,14 +264,23 @@ class Item:
 
     def fail(self, error: BlfsError) -> bool:
         """Ends the item with an error for every waiter (the first error wins; a finished item
-        cannot fail). Returns whether this call failed it."""
+        cannot fail). The failure is handed to `on_fail` (remembered) before any waiter sees
+        it, so that a waiter trying again at once finds it. Returns whether this call failed it."""
         with self.cond:
-            if self.error is not None or self.done:
+            if self._failing:  # another thread fails it: its error is there once remembered
+                self.cond.wait_for(lambda: self.error is not None or self.done, LOCK_WAIT)
+            if self._failing or self.done:
                 return False
-            self.error = error
-            self.cond.notify_all()
-        self._on_fail(self, error)
-        return True
+            self._failing = True
+        try:
+            self._on_fail(self, error)
+        finally:
+            with self.cond:
+                failed = not self.done  # finished meanwhile: nothing failed after all
+                if failed:
+                    self.error = error
+                    self.cond.notify_all()
+        return failed
 
     def discard(self) -> None:
         """Removes whatever is still staged (nothing after a commit)."""
