@@ -502,3 +502,39 @@ def read_all_of(handles: list, size: int) -> list[bytes | Exception]:
     for thread in threads:
         thread.join(60)
     return results
+
+
+def test_a_new_reader_takes_over_a_dead_download_that_another_process_follows(
+    client, emulator, objects, tmp_path, home
+):
+    object_id = objects[0]
+    data = os.urandom(4 * MiB)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=MiB)
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline().strip() == "open"
+        wait_until(lambda: any((root / "tmp").glob("*/data/data.bin")), what="staging")
+        (journal,) = (root / "tmp").glob(f"*/{JOURNAL}")
+        follower = JournalReader(journal)  # as another process reading along holds it
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait(10)
+    emulator.set(bandwidth=None)
+    try:
+        assert fetch(new_fetcher(client, root), object_id) == data
+        lines = follower.new_lines()
+    finally:
+        follower.close()
+    kinds = [line[0] for line in lines if line[0] != "checked"]
+    assert kinds == ["member", "end"]  # the follower read on to the end
+    assert downloads(emulator, object_id) == 2
+    assert not journal.parent.exists() and (root / object_key(object_id) / JOURNAL).is_file()
