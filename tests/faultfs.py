@@ -100,7 +100,7 @@ def _operations(root: str, refuse_locks: bool, fail_fsync: int | None, under: st
 
         @errors
         def create(self, path, mode, fi=None):
-            return os.open(real(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            return os.open(real(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
 
         @errors
         def read(self, path, size, offset, fh):
