@@ -179,8 +179,11 @@ def main() -> None:
 def fault_filesystem(directory: Path, *options: str) -> Iterator[Path]:
     """`directory`/root served at `directory`/mnt by this filesystem with `options`, unmounted
     (and its process ended) whatever happens."""
+    from mount_fixtures import require_fuse
+
     from blfs import mountinfo
 
+    require_fuse()
     root, point = directory / "root", directory / "mnt"
     root.mkdir(parents=True)
     point.mkdir()

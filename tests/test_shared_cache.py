@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from emulator_fixtures import generate_data, start_emulator
 from faultfs import fault_filesystem
-from mount_fixtures import mounted, require_fuse, save_token, user_env
+from mount_fixtures import mounted, save_token, user_env
 from test_cache_mount import sized_objects, staged
 from test_fetch import downloads
 from test_mount import archive_members, shown_objects
@@ -180,7 +180,6 @@ def test_a_downloader_killed_mid_download_is_taken_over_by_a_follower_within_sec
 def test_a_cache_dir_whose_filesystem_refuses_locks_is_refused_with_one_clear_line(
     emulator, user_home, tmp_path
 ):
-    require_fuse()
     point = tmp_path / "mnt"
     point.mkdir()
     with fault_filesystem(tmp_path / "nolocks", "--refuse-locks") as shared:
