@@ -733,8 +733,9 @@ class TaskFiles:
                 )
             limit = size if entry.final else download.length
             self._copy(entry, CountingReader(download, limit, item.describe()), limit)
-        item.finish()
-        if entry.final:
+        item.finish()  # its readers are served; syncing and the commit are nobody's wait
+        if entry.final:  # synced before its commit; a temporary file never is
+            item.sync(entry.file.path)
             item.commit(size, lambda final: setattr(entry.file, "path", final))
 
     def _copy(self, entry: _TaskDownload, reader: CountingReader, limit: int | None) -> None:
@@ -744,8 +745,6 @@ class TaskFiles:
             item.fill(entry.file, fd, reader.read)
             if reader.read(CHUNK) or (limit is not None and reader.count != limit):
                 raise BadArchive(f"{item.describe()}: {reader.count} bytes, expected {limit}")
-            if entry.final:  # synced before its commit; a temporary file never is
-                item.synced(fd)
         finally:
             os.close(fd)
 

@@ -228,22 +228,18 @@ class Item:
             raise Cancelled(f"{self.describe()}: download abandoned: {self.error}")
 
     def sync(self, path: Path) -> None:
-        """Flushes a file or directory of the entry to disk, before its commit."""
+        """Flushes a file or directory of the entry to disk, before its commit. Never retried:
+        after a failed fsync the kernel may have dropped the bytes it could not write and a
+        second would succeed without them, so the entry is given up."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self.synced(fd)
-        finally:
-            os.close(fd)
-
-    def synced(self, fd: int) -> None:
-        """fsync, never retried: after a failed one the kernel may have dropped the bytes it
-        could not write and a second would succeed without them, so the entry is given up."""
         try:
             os.fsync(fd)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CacheFull(f"no space left in the cache to keep {self.describe()}") from None
             raise BlfsError(f"cannot keep {self.describe()}: fsync failed: {exc}") from None
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         """Every byte is there and verified: waiters go on, handles may be kept by the kernel."""

@@ -501,9 +501,11 @@ def test_a_finished_task_file_is_cached_by_task_and_path(client, emulator, tmp_p
     files = task_files(client, root)
     handle = files.open(task_id, path, len(data), final=True)
     assert handle.read(0, len(data) + 10) == data
-    wait_until(lambda: handle.complete, what="task file commit")
+    wait_until(lambda: handle.complete, what="every byte")
+    cached = root / "tasks" / task_id / path
+    wait_until(cached.is_file, what="task file commit")  # after its readers are served
     handle.release()
-    assert (root / "tasks" / task_id / path).read_bytes() == data
+    assert cached.read_bytes() == data
     emulator.clear_requests()
     again = task_files(client, root)
     handle = again.open(task_id, path, len(data), final=True)

@@ -23,9 +23,10 @@ from mount_fixtures import mounted, save_token, user_env
 from test_cache_mount import sized_objects, staged
 from test_fetch import downloads
 from test_mount import archive_members, shown_objects
+from test_pubs_tasks_mount import lab_tasks, mounted_task, task_dir
 
 from blfs import mountinfo
-from blfs.cache import object_key, settled
+from blfs.cache import object_key, settled, task_key
 
 MiB = 1 << 20
 MOUNTS = 4
@@ -223,6 +224,26 @@ def test_a_failed_fsync_is_never_retried_into_a_commit(
     assert data == expected  # every byte was there before the commit was tried
     assert not committed
     assert f"could not keep object {obj['_id']}" in log
+
+
+def test_a_failed_fsync_of_a_task_file_is_never_retried_into_a_commit(
+    emulator, user_home, tmp_path
+):
+    task = lab_tasks(emulator, "finished")[0]
+    local = task_dir(emulator, task)
+    source = next(p for p in sorted(local.rglob("*")) if p.is_file() and not p.is_symlink())
+    name = str(source.relative_to(local))
+    options = ("--fail-fsync", "ENOSPC", "--under", "cache/tmp")
+    with (
+        fault_filesystem(tmp_path / "faulty", *options) as shared,
+        mounted(emulator.url, user_home, cache_dir=shared / "cache") as mount,
+    ):
+        data = (mounted_task(mount, emulator, task) / name).read_bytes()
+        key = task_key(task["_id"], name)
+        wait_for(lambda: "could not keep" in mount.log() and not staged(mount), 20, "its end")
+        committed = (mount.cache_dir / key).exists()
+    assert data == source.read_bytes()  # its readers were served before the commit was tried
+    assert not committed
 
 
 def test_a_cache_dir_on_a_shared_filesystem_keeps_its_metadata_in_a_rollback_journal(
