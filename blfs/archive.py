@@ -3,13 +3,16 @@ readers look names up in, and the journal that lets other processes see it grow.
 
 The journal (`journal` in the object's staging dir, kept in the committed entry) has one JSON line
 per member header as it passes (`["member", name, size, mode, mtime]`), then `["end", bytes]`
-once the whole archive has been verified, or `["failed"]`. The bytes of each file that are
-present are its size on disk: files are written in order by one writer.
+once the whole archive has been verified, or `["failed"]`; a process that took over a download
+whose writer died adds `["checked"]` while it re-reads what is there (see fetch.py). The bytes of
+each file that are present are its size on disk: files are written in order by one writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -19,8 +22,6 @@ from blfs.errors import BlfsError, NotFound
 from blfs.extract import DIR_MODE, Member
 from blfs.item import GrowingFile, Item
 from blfs.private import FILE_MODE
-
-JOURNAL = "journal"
 
 
 def relative(relpath: str) -> str:
@@ -153,11 +154,21 @@ class JournalWriter:
     """The owner's side: appends one line per event, each in one write."""
 
     def __init__(self, path: Path) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         self._fd = os.open(path, flags, FILE_MODE)
+
+    def end_torn_line(self) -> None:
+        """(A new writer, taking over from one that was killed.) Ends a line it left cut short."""
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            os.write(self._fd, b"\n")
 
     def member(self, member: Member) -> None:
         self._line(["member", member.name, member.size, member.mode, member.mtime])
+
+    def checked(self) -> None:
+        """(A process that took over.) Bytes already there were checked against the stream."""
+        self._line(["checked"])
 
     def end(self, archive_bytes: int) -> None:
         self._line(["end", archive_bytes])
@@ -173,18 +184,31 @@ class JournalWriter:
 
 
 class JournalReader:
-    """A follower's side: the whole lines appended since the last call."""
+    """A follower's side: the whole lines appended since the last call. While it is open it
+    holds a shared lock on the journal, which keeps the staging of a downloader that died from
+    being removed before a follower takes it over (Cache.adopt)."""
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # read-write: NFS locks need it
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._offset = 0
         self._partial = b""
 
     def new_lines(self) -> list[list[Any]]:
+        """The new whole lines; a line cut short by a writer that was killed (ended by the
+        process that took over) is no record and is skipped."""
         data = os.pread(self._fd, 1 << 20, self._offset)
         self._offset += len(data)
         *lines, self._partial = (self._partial + data).split(b"\n")
-        return [json.loads(line) for line in lines]
+        records = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
 
     def close(self) -> None:
         os.close(self._fd)

@@ -7,20 +7,25 @@ file 0600 whatever the umask, and an older cache with looser modes is tightened 
     tasks/<task_id>/<path>                          a complete task output file
     tmp/<uuid>[.lock]                               staging entries; the lock file holds the
                                                     bytes reserved for it, locked by its writer
+    tmp/evict-<uuid>                                an entry on its way out (see below)
     locks/<digest>.fetch | .use, locks/cache.lock   per-key and cache-wide lock files
     failures/<digest>                               the last failed download of a key (failures.py)
     ledger                                          the complete entries and their sizes (below)
 
 Something is complete only once it has appeared by one `rename` from `tmp/`, with every byte and
 the index synced before; nothing else is ever written under `objects/` or `tasks/`. Eviction
-renames an entry back into `tmp/` before deleting it. Whatever else is found there (a stray file,
+renames an entry into `tmp/evict-…` under the cache lock and deletes it after letting the lock go,
+so nobody waits for a big entry's deletion. Whatever else is found there (a stray file,
 an object dir without a readable index, a file whose size disagrees with its index) is damage:
 it is discarded when seen and fetched again on next use, never served.
 
 Locking is `fcntl.flock`: `<key>.fetch` exclusive while one process downloads that key, which
 writes the name of its staging entry into that file so other processes can read the members as
 they arrive (`journal` in the staging dir: one JSON line per member header, then the end or the
-failure; bytes present = the sizes of the files); `<key>.use` shared while a process has the
+failure; bytes present = the sizes of the files). Followers hold a shared lock on the journal:
+when the downloader dies, its staging is not removed while followed, and the first follower to
+take the fetch lock adopts it (`adopt`) and finishes the download into it, so the files every
+follower has open keep growing; `<key>.use` shared while a process has the
 entry open, and taken exclusive (non-blocking) by eviction, which skips entries it cannot lock;
 `cache.lock` exclusive while the cache is scanned, space reserved, entries evicted or committed.
 Locks die with their process. On NFS, Linux maps flock to POSIX byte-range locks (so every lock
@@ -57,11 +62,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blfs.errors import BlfsError, CacheFull, NotFound, RemoteTimeout
+from blfs.errors import BlfsError, CacheFull, LocksRefused, NotFound, RemoteTimeout
 from blfs.eviction import EvictionOrder
 from blfs.failures import Failures
 from blfs.ledger import Ledger
-from blfs.locks import FileLock
+from blfs.locks import FileLock, locked_by_anyone
 from blfs.private import DIR_MODE, FILE_MODE, private_dir, tighten_children
 
 log = logging.getLogger("blfs.cache")
@@ -69,6 +74,8 @@ log = logging.getLogger("blfs.cache")
 INDEX = "index.json"
 LEDGER = "ledger"
 DATA = "data"
+JOURNAL = "journal"  # an object's members as they arrive (archive.py), kept in its staging dir
+_DOOMED = "evict-"  # tmp/evict-<uuid>: an entry renamed out of the way, removed after the lock
 LOCK_WAIT = 60.0  # bound on waiting for the cache-wide lock or a pin (held for milliseconds)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _RESERVATION_WIDTH = 20
@@ -156,11 +163,22 @@ class Cache:
         self._mutex = threading.Lock()
         self._cache_mutex = threading.Lock()  # threads queue here rather than poll the flock
         self._pins: dict[str, tuple[int, FileLock]] = {}
+        self._doomed: list[Path] = []  # renamed into tmp/ under the lock, removed after it
         self._ledger = Ledger(self.root / LEDGER)
         self._order = EvictionOrder(self._last_use)
-        with self.locked():
-            self._rebuild()
-            self._reservations(exclude=None)  # removes staging left by killed processes
+        try:
+            with self.locked():
+                self._rebuild()
+                self._reservations(exclude=None)  # removes staging left by killed processes
+        except LocksRefused as exc:
+            raise LocksRefused(
+                f"cannot use the cache dir {self.root}: its filesystem refuses file locks"
+                f" ({exc}), which sharing it between processes needs; give a cache dir on a"
+                " local disk (--cache-dir DIR), or mount that filesystem with working locks"
+                " (NFS: without 'nolock' and with rpc.statd running; Lustre: -o flock)"
+            ) from None
+        for path in (self.root / "tmp").glob(_DOOMED + "*"):
+            _remove_path(path)  # a killed process's; one still being removed is removed twice
 
     # -- paths and locks -------------------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -186,8 +204,11 @@ class Cache:
             self._catch_up()
             yield
         finally:
+            doomed, self._doomed = self._doomed, []
             lock.release()
             self._cache_mutex.release()
+            for path in doomed:  # deleting a big entry takes long: nobody waits for it
+                _remove_path(path)
 
     # -- complete entries ------------------------------------------------------------------
     def is_complete(self, key: str) -> bool:
@@ -296,7 +317,7 @@ class Cache:
         final path."""
         final = self.root / staging.key
         if staging.key.startswith("objects/") and self.read_index(staging.key) is not None:
-            shutil.rmtree(staging.path, ignore_errors=True)  # another writer finished first
+            self._doom(staging.path)  # another writer finished first
         else:
             self._remove(staging.key)  # a damaged leftover, if any
             private_dir(final.parent)
@@ -304,6 +325,23 @@ class Cache:
             os.replace(staging.path, final)
         staging.lock.release(unlink=True)
         return final
+
+    def adopt(self, key: str, path: Path) -> Staging | None:
+        """The staging entry `path` of a download of `key` whose process ended before its
+        commit, taken over by a process that holds the key's fetch lock and follows it (its
+        followers keep it from removal); None if it is gone or its writer still holds it."""
+        with self.locked():
+            lock = FileLock(path.with_name(path.name + ".lock"), exclusive=True)
+            if not lock.try_acquire():
+                return None
+            if not path.is_dir():  # its writer removed it before letting its lock go
+                lock.release(unlink=True)
+                return None
+            try:
+                reserved = int(os.pread(lock.fd, _RESERVATION_WIDTH, 0) or 0)
+            except ValueError:
+                reserved = 0
+            return Staging(key, path, lock, reserved)
 
     def discard(self, staging: Staging) -> None:
         """Removes whatever was staged; safe to call after commit()."""
@@ -353,18 +391,25 @@ class Cache:
 
     def _remove(self, key: str) -> bool:
         """(Under the cache lock.) Takes an entry (or a damaged leftover) off the disk and the
-        ledger: renamed into tmp/ first, so it vanishes at once and whole."""
-        doomed = self.root / "tmp" / f"evict-{uuid.uuid4().hex}"
-        try:
-            os.rename(self.root / key, doomed)
-        except (FileNotFoundError, NotADirectoryError):
-            doomed = None
+        ledger: renamed into tmp/, so it vanishes at once and whole, and deleted once the lock
+        is let go."""
+        removed = self._doom(self.root / key)
         if key in self._ledger.sizes:
             self._ledger.append("-", key)
-        if doomed is None:
+        if not removed:
             return False
-        _remove_path(doomed)
         self._remove_empty_parents(self.root / key)
+        return True
+
+    def _doom(self, path: Path) -> bool:
+        """(Under the cache lock.) Renames `path` out of the way, to be deleted after the lock;
+        False if it is not there."""
+        doomed = self.root / "tmp" / f"{_DOOMED}{uuid.uuid4().hex}"
+        try:
+            os.rename(path, doomed)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        self._doomed.append(doomed)
         return True
 
     def _remove_empty_parents(self, path: Path) -> None:
@@ -385,18 +430,19 @@ class Cache:
             name = lock_path.name[: -len(".lock")]
             probe = FileLock(lock_path, exclusive=False)
             if probe.try_acquire():
-                try:
-                    _remove_path(tmp / name)
-                finally:
+                if not locked_by_anyone(tmp / name / JOURNAL):  # nobody follows it to take over
+                    self._doom(tmp / name)
                     probe.release(unlink=True)
-                continue
+                    continue
+                probe.release()
             live.add(name)
             if name != exclude:
                 with suppress(OSError, ValueError), open(lock_path, "rb") as file:
                     total += int(file.read(_RESERVATION_WIDTH) or 0)
         for path in tmp.iterdir():
-            if not path.name.endswith(".lock") and path.name not in live:
-                _remove_path(path)
+            name = path.name
+            if not name.endswith(".lock") and name not in live and not name.startswith(_DOOMED):
+                self._doom(path)
         return total
 
     def _admit(self, key: str, size: int) -> None:

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -94,7 +95,9 @@ def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:
 
 
 def _log_path(cache_dir: Path, mountpoint: Path) -> Path:
-    return cache_dir / "logs" / (str(mountpoint.absolute()).strip("/").replace("/", "_") + ".log")
+    """One log per host and mountpoint: hosts sharing a cache dir may mount at the same path."""
+    name = str(mountpoint.absolute()).strip("/").replace("/", "_") + ".log"
+    return cache_dir / "logs" / socket.gethostname() / name
 
 
 def cmd_mount(args: argparse.Namespace) -> None:

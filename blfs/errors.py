@@ -47,3 +47,7 @@ class SizeMismatch(BlfsError):
 
 class CacheFull(BlfsError):
     errno = errno.ENOSPC
+
+
+class LocksRefused(BlfsError):
+    """The cache directory's filesystem refuses the file locks its sharing relies on."""

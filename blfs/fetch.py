@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import cachetools
 
-from blfs.archive import JOURNAL, Archive, JournalReader, JournalWriter, Tree, relative
-from blfs.cache import DATA, INDEX, Cache, Pin, object_key, task_key
+from blfs.archive import Archive, JournalReader, JournalWriter, Tree, relative
+from blfs.cache import DATA, INDEX, JOURNAL, Cache, Pin, object_key, task_key
 from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError
 from blfs.extract import ArchiveStream, CountingReader, Member
 from blfs.failures import FIRST_BACKOFF, MAX_BACKOFF
@@ -40,6 +40,7 @@ _KEPT_ARCHIVES = 256  # complete archives (members and files) kept in memory, fo
 _KEPT_MEMBERS = 4_096  # members of committed objects' trees kept for listings (~1 MB)
 _KEPT_FAILURES = 20  # recent failures shown by progress()
 _FOLLOW_POLL = 0.05  # how often a follower looks at another process's download
+_CHECKED_NOTE = 0.5  # seconds between a takeover's notes to the other followers while it checks
 # Failures a later attempt may well not repeat, so they are not held against the key.
 _NOT_REMEMBERED = (AccessDenied, CacheFull, Cancelled)
 
@@ -232,8 +233,8 @@ class ObjectFetcher:
         key = object_key(object_id)
         with self._lock:
             archive = self._in_flight.get(object_id) or self._complete.get(object_id)
-            if archive is not None:
-                return archive
+            if archive is not None and archive.item.error is None:
+                return archive  # a failed one, still ending, is not: its failure is remembered
             index = self._cache.read_index(key)
             if index is not None:
                 archive = Archive(object_id, Item.complete(self._cache, key, f"object {object_id}"))
@@ -283,15 +284,14 @@ class ObjectFetcher:
         item, file = archive.item, archive.file(relpath)
         pin = item.pin()
         try:
-            fd = item.open(file)
-        except FileNotFoundError:
-            pin.release()
-            item.wait(lambda: False, "the end of a download")
-            self._forget(archive)  # it was complete, then evicted: fetch it again
-            return None
+            fd = self._open_file(archive, file)
         except BaseException:
             pin.release()
             raise
+        if fd is None:
+            pin.release()
+            self._forget(archive)  # it was complete, then evicted: fetch it again
+            return None
         if item.done and os.fstat(fd).st_size != file.size:
             os.close(fd)
             pin.release()
@@ -299,6 +299,22 @@ class ObjectFetcher:
             self._forget(archive)
             return None
         return FileHandle(item, file, fd, pin)
+
+    def _open_file(self, archive: Archive, file: GrowingFile) -> int | None:
+        """(Pinned.) An fd on a member's file where it is now: where the archive last saw it, or
+        in the entry another process committed since (its rename moved the staging a follower
+        reads, and may come just before this open); None if it is in neither (evicted)."""
+        try:
+            return archive.item.open(file)
+        except FileNotFoundError:
+            pass
+        archive.item.wait(lambda: False, "the end of a download")
+        if not self._take_committed(archive):
+            return None
+        try:
+            return archive.item.open(file)
+        except FileNotFoundError:
+            return None
 
     # -- the download (or following another process's) -----------------------------------------
     def _fetch(self, archive: Archive, expected_size: int | None) -> None:
@@ -310,16 +326,35 @@ class ObjectFetcher:
                     return
                 staging = lock.read_note()
                 if staging:
-                    self._follow(archive, self._cache.root / "tmp" / staging, lock)
+                    self._follow(archive, expected_size, self._cache.root / "tmp" / staging, lock)
                     return
                 archive.item.watch("another process to start its download")
                 time.sleep(_FOLLOW_POLL)
-            lock.write_note("")  # a note left by a killed holder is not ours
-            if not self._take_committed(archive):
-                archive.item.owner = True
+            previous = lock.read_note()  # left by a holder that died, if any
+            lock.write_note("")
+            if self._take_committed(archive):
+                return
+            archive.item.owner = True
+            if not (previous and self._resume(archive, expected_size, previous, lock)):
                 self._download(archive, expected_size, lock)
         finally:
             lock.release(unlink=True)
+
+    def _resume(
+        self, archive: Archive, expected_size: int | None, name: str, lock: FileLock
+    ) -> bool:
+        """(Holding the fetch lock.) Takes over the staging `name` of a download whose process
+        died, which other processes may still be reading; False if it is not to be had."""
+        staging = self._cache.root / "tmp" / name
+        try:
+            journal = JournalReader(staging / JOURNAL)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        with contextlib.closing(journal):
+            if not self._took_over(archive, staging, lock, _Follower(archive, staging, journal)):
+                return False
+            self._download(archive, expected_size, lock, resumed=len(archive.order))
+        return True
 
     def _take_committed(self, archive: Archive) -> bool:
         """Serves the committed entry (another process finished it) if there is one."""
@@ -331,7 +366,11 @@ class ObjectFetcher:
         archive.item.finish()
         return True
 
-    def _download(self, archive: Archive, expected_size: int | None, lock: FileLock) -> None:
+    def _download(
+        self, archive: Archive, expected_size: int | None, lock: FileLock, resumed: int = 0
+    ) -> None:
+        """Streams the object into a new staging entry, or (`resumed` members journaled) into
+        the one this process took over, then commits it."""
         item = archive.item
         download = self._open_download(archive.object_id)
         with contextlib.closing(download):
@@ -344,11 +383,17 @@ class ObjectFetcher:
                     download.length,
                     expected_size,
                 )
-            staging = item.stage(limit or 0, directory=True)
+            if resumed:
+                assert item.staging is not None
+                staging = item.staging.path
+            else:
+                staging = item.stage(limit or 0, directory=True)
             journal = JournalWriter(staging / JOURNAL)
+            if resumed:
+                journal.end_torn_line()
             lock.write_note(staging.name)
             try:
-                archive_bytes = self._unpack(archive, download, staging, limit, journal)
+                archive_bytes = self._unpack(archive, download, staging, limit, journal, resumed)
                 journal.end(archive_bytes)
             finally:
                 journal.close()
@@ -362,20 +407,30 @@ class ObjectFetcher:
         staging: Path,
         limit: int | None,
         journal: JournalWriter,
+        resumed: int,
     ) -> int:
-        """Streams the archive's members into the staging dir; returns the archive's bytes."""
+        """Streams the archive's members into the staging dir; returns the archive's bytes. The
+        first `resumed` members are those another process journaled before it died: checked
+        against the stream and their files completed in place, so their readers read on."""
         item = archive.item
         data = staging / DATA
         item.make_dir(data)
         stream = ArchiveStream(download, limit, item.describe())
-        for member, read in stream.members():
+        journaled = archive.order[:resumed]
+        for position, (member, read) in enumerate(stream.members()):
             item.check_running()
             path = data / member.name
+            if position < resumed:
+                self._resume_member(archive, journaled[position], member, read, path, journal)
+                continue
             if read is None:
                 item.make_dir(path)
                 archive.publish(member, None)
                 journal.member(member)
                 continue
+            if resumed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # made by the dead writer before it journaled the member
             fd = item.new_file(path)
             try:
                 file = GrowingFile(path, member.size)
@@ -387,6 +442,45 @@ class ObjectFetcher:
             if file.written != member.size:
                 raise BadArchive(f"{item.describe()} member {member.name!r}: truncated")
         return stream.finish()
+
+    def _resume_member(
+        self,
+        archive: Archive,
+        journaled: Member,
+        member: Member,
+        read: Callable[[int], bytes | memoryview] | None,
+        path: Path,
+        journal: JournalWriter,
+    ) -> None:
+        """A member another process began: the bytes it wrote must be the stream's, the rest is
+        appended to the same file. While they are checked, the journal says so now and then, so
+        that the other followers see a download that goes on."""
+        item = archive.item
+        if member != journaled:
+            raise BadArchive(
+                f"{item.describe()}: {member.name!r} is not what was downloaded before"
+            )
+        if read is None:
+            return
+        file = archive.files[member.name]
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            present = min(os.fstat(fd).st_size, member.size)
+            checked, noted = 0, time.monotonic()
+            while checked < present:
+                data = read(min(CHUNK, present - checked))
+                if not data or os.pread(fd, len(data), checked) != data:
+                    raise BadArchive(f"{item.describe()}: {member.name!r} differs from before")
+                checked += len(data)
+                if time.monotonic() - noted >= _CHECKED_NOTE:
+                    journal.checked()
+                    noted = time.monotonic()
+            item.grown(file, max(file.written, present))
+            item.fill(file, fd, read)
+        finally:
+            os.close(fd)
+        if file.written != member.size:
+            raise BadArchive(f"{item.describe()} member {member.name!r}: truncated")
 
     def _commit(self, archive: Archive, archive_bytes: int) -> None:
         """What a power loss must not leave behind a committed name: files with missing bytes.
@@ -404,13 +498,16 @@ class ObjectFetcher:
         item.sync(staging)
         item.commit(index["bytes"], lambda final: archive.rebase(final / DATA))
 
-    def _follow(self, archive: Archive, staging: Path, lock: FileLock) -> None:
+    def _follow(
+        self, archive: Archive, expected_size: int | None, staging: Path, lock: FileLock
+    ) -> None:
         """Reads another process's download as it arrives: members from its journal, bytes
-        from the files' sizes; its end is the committed entry."""
+        from the files' sizes; its end is the committed entry. Should that process die first
+        (its fetch lock comes free with the staging still there), this one takes over."""
         item = archive.item
         try:
             journal = JournalReader(staging / JOURNAL)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             self._followed_ended(archive)
             return
         log.info("reading %s as another process downloads it", item.describe())
@@ -420,10 +517,38 @@ class ObjectFetcher:
                 if not staging.is_dir():
                     self._followed_ended(archive)
                     return
+                if self._took_over(archive, staging, lock, follower):
+                    self._download(archive, expected_size, lock, resumed=len(archive.order))
+                    return
                 item.watch("the download in another process")
                 time.sleep(_FOLLOW_POLL)
-        item.finish()
-        self._await_commit(archive, staging, lock)
+            item.finish()
+            while staging.is_dir() and not self._cache.is_complete(item.key):
+                if self._took_over(archive, staging, lock, follower):  # all there, not committed
+                    self._commit(archive, follower.archive_bytes)
+                    return
+                time.sleep(_FOLLOW_POLL)
+        with item.cond:
+            if self._cache.is_complete(item.key):
+                archive.rebase(self._cache.path(item.key) / DATA)
+
+    def _took_over(
+        self, archive: Archive, staging: Path, lock: FileLock, follower: _Follower
+    ) -> bool:
+        """Whether this process has taken over the followed download, which it does once the
+        fetch lock comes free (its process died or is ending) with the staging still there and
+        no longer held by its writer."""
+        if not (lock.held or lock.try_acquire()):
+            return False
+        adopted = self._cache.adopt(archive.item.key, staging)
+        if adopted is None:  # its writer is still removing it: the staging will go
+            return False
+        follower.step()  # the last lines and bytes the dead process wrote
+        log.warning(
+            "taking over the download of %s from a process that ended", archive.item.describe()
+        )
+        archive.item.adopt(adopted, sum(file.written for file in archive.files.values()))
+        return True
 
     def _followed_ended(self, archive: Archive) -> None:
         """The followed download ended before its journal said so: taken, or its error."""
@@ -433,17 +558,6 @@ class ObjectFetcher:
         if failure is not None and failure.retry_at > time.time():
             raise failure.error
         raise RemoteError(f"{archive.item.describe()}: the download in another process ended")
-
-    def _await_commit(self, archive: Archive, staging: Path, lock: FileLock) -> None:
-        """Points the files at the committed entry once the other process has renamed it."""
-        key = object_key(archive.object_id)
-        while staging.is_dir() and not self._cache.is_complete(key):
-            if lock.try_acquire():  # its holder died before committing: nothing more to see
-                return
-            time.sleep(_FOLLOW_POLL)
-        with archive.item.cond:
-            if self._cache.is_complete(key):
-                archive.rebase(self._cache.path(key) / DATA)
 
 
 class _Follower:
@@ -455,13 +569,16 @@ class _Follower:
         self._journal = journal
         self._growing: list[GrowingFile] = []
         self._source = archive.item.source = Source()
+        self.archive_bytes = 0  # the archive's length, once the journal's end says it
 
     def step(self) -> bool:
         """Publishes what arrived since the last step; True once the archive is verified."""
         ended = False
         for line in self._journal.new_lines():
             if line[0] == "end":
-                ended = True
+                ended, self.archive_bytes = True, line[1]
+            elif line[0] == "checked":
+                self._archive.item.going_on()
             else:
                 self._publish(Member(*line[1:]))
         self._grow()
@@ -617,8 +734,9 @@ class TaskFiles:
                 )
             limit = size if entry.final else download.length
             self._copy(entry, CountingReader(download, limit, item.describe()), limit)
-        item.finish()
-        if entry.final:
+        item.finish()  # its readers are served; syncing and the commit are nobody's wait
+        if entry.final:  # synced before its commit; a temporary file never is
+            item.sync(entry.file.path)
             item.commit(size, lambda final: setattr(entry.file, "path", final))
 
     def _copy(self, entry: _TaskDownload, reader: CountingReader, limit: int | None) -> None:
@@ -628,8 +746,6 @@ class TaskFiles:
             item.fill(entry.file, fd, reader.read)
             if reader.read(CHUNK) or (limit is not None and reader.count != limit):
                 raise BadArchive(f"{item.describe()}: {reader.count} bytes, expected {limit}")
-            if entry.final:  # synced before its commit; a temporary file never is
-                item.spaced(0, lambda: os.fsync(fd))
         finally:
             os.close(fd)
 

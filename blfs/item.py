@@ -77,6 +77,7 @@ class Item:
         self._stall_timeout = stall_timeout
         self._on_fail = on_fail
         self._written = 0
+        self._failing = False
         self._progress_at = self.started
         self._seen = 0
 
@@ -162,6 +163,12 @@ class Item:
         self.staging = self.cache.stage(self.key, reserve, directory)
         return self.staging.path
 
+    def adopt(self, staging: Staging, written: int) -> None:
+        """Takes over the staging of another process's download, which holds `written` bytes."""
+        self.staging = staging
+        self.owner = True
+        self._written = written
+
     def spaced(self, needed: int, write: Callable[[], T]) -> T:
         """Runs a write into the cache; on a full disk evicts and retries once, then CacheFull."""
         try:
@@ -210,13 +217,29 @@ class Item:
             self._progress_at = time.monotonic()
             self.cond.notify_all()
 
+    def going_on(self) -> None:
+        """Progress without new bytes (another process checks what is there): not a stall."""
+        with self.cond:
+            self._progress_at = time.monotonic()
+
     def check_running(self) -> None:
         """Raises Cancelled once the item failed or its readers left: stop writing."""
         if self.error is not None:
             raise Cancelled(f"{self.describe()}: download abandoned: {self.error}")
 
     def sync(self, path: Path) -> None:
-        self.spaced(0, lambda: _fsync_path(path))
+        """Flushes a file or directory of the entry to disk, before its commit. Never retried:
+        after a failed fsync the kernel may have dropped the bytes it could not write and a
+        second would succeed without them, so the entry is given up."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheFull(f"no space left in the cache to keep {self.describe()}") from None
+            raise BlfsError(f"cannot keep {self.describe()}: fsync failed: {exc}") from None
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         """Every byte is there and verified: waiters go on, handles may be kept by the kernel."""
@@ -237,14 +260,23 @@ class Item:
 
     def fail(self, error: BlfsError) -> bool:
         """Ends the item with an error for every waiter (the first error wins; a finished item
-        cannot fail). Returns whether this call failed it."""
+        cannot fail). The failure is handed to `on_fail` (remembered) before any waiter sees
+        it, so that a waiter trying again at once finds it. Returns whether this call failed it."""
         with self.cond:
-            if self.error is not None or self.done:
+            if self._failing:  # another thread fails it: its error is there once remembered
+                self.cond.wait_for(lambda: self.error is not None or self.done, LOCK_WAIT)
+            if self._failing or self.done:
                 return False
-            self.error = error
-            self.cond.notify_all()
-        self._on_fail(self, error)
-        return True
+            self._failing = True
+        try:
+            self._on_fail(self, error)
+        finally:
+            with self.cond:
+                failed = not self.done  # finished meanwhile: nothing failed after all
+                if failed:
+                    self.error = error
+                    self.cond.notify_all()
+        return failed
 
     def discard(self) -> None:
         """Removes whatever is still staged (nothing after a commit)."""
@@ -320,11 +352,3 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

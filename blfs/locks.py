@@ -6,6 +6,7 @@ that needs a working lock manager.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -13,10 +14,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from blfs.errors import RemoteTimeout
+from blfs.errors import LocksRefused, RemoteTimeout
 from blfs.private import FILE_MODE
 
 _POLL_MIN, _POLL_MAX = 0.01, 0.2
+# What flock gives on a filesystem without working locks (NFS without its lock manager, some
+# FUSE and SMB filesystems).
+_REFUSED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 class FileLock:
@@ -35,6 +39,11 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _REFUSED:
+                raise LocksRefused(f"{self.path}: {exc.strerror}") from None
+            raise
         try:
             same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -58,6 +67,10 @@ class FileLock:
             time.sleep(pause)
             pause = min(pause * 2, _POLL_MAX)
         return True
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     @property
     def fd(self) -> int:
@@ -85,3 +98,18 @@ class FileLock:
                 os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
+
+
+def locked_by_anyone(path: Path) -> bool:
+    """Whether some process holds an flock on the existing file at `path` (False if none)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

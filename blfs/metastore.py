@@ -2,9 +2,14 @@
 still shows every known listing.
 
 One SQLite file in the cache dir holds the server's raw JSON answers, by server and user (a
-`scope`) and key, with the wall-clock time each was fetched. Several mounts may share it (WAL, a
-busy timeout). The store is an optimisation only: when the file cannot be opened, read or written
-it is dropped for the rest of the mount with one log line, and the mount carries on from memory.
+`scope`) and key, with the wall-clock time each was fetched. Several mounts may share it, with a
+busy timeout. On a local filesystem it is in WAL mode; WAL needs memory shared by every process
+using the file, which processes on several hosts do not have (SQLite: "WAL does not work over a
+network filesystem"; on a FUSE filesystem mapping its index killed the mount with SIGBUS), so on
+any other filesystem (NFS, Lustre, GPFS, FUSE…), where one cache dir may serve a cluster, it
+uses a rollback journal, which relies only on the POSIX locks the data cache needs there too.
+The store is an optimisation only: when the file cannot be opened, read or written it is dropped
+for the rest of the mount with one log line, and the mount carries on from memory.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blfs.mountinfo import filesystem_type
 from blfs.private import FILE_MODE, private_dir, tighten
 
 log = logging.getLogger("blfs")
 
 FILENAME = "metadata.sqlite3"
 BUSY_TIMEOUT_MS = 2000
+# Filesystems only one host can use, where WAL's shared memory is sound.
+LOCAL_FILESYSTEMS = frozenset(
+    ("ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "bcachefs", "tmpfs", "ramfs")
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     scope TEXT NOT NULL,
@@ -106,14 +116,25 @@ class MetaStore:
                 return None
 
 
+def journal_mode(directory: Path) -> str:
+    """WAL where only this host can see the store, a rollback journal anywhere else (and
+    where the filesystem cannot be told)."""
+    try:
+        local = filesystem_type(directory) in LOCAL_FILESYSTEMS
+    except (OSError, ValueError, IndexError):
+        local = False
+    return "WAL" if local else "DELETE"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    """Opens (creating it owner-only) the store with WAL and a busy timeout."""
+    """Opens (creating it owner-only) the store, in the journal mode its filesystem allows,
+    with a busy timeout."""
     private_dir(path.parent)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
     tighten(path)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA journal_mode={journal_mode(path.parent)}")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(_SCHEMA)
         db.commit()

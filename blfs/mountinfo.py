@@ -16,6 +16,21 @@ def _unescape(field: str) -> str:
     return field
 
 
+def filesystem_type(path: str | Path) -> str:
+    """The type of the filesystem `path` is on (`ext4`, `nfs4`, `fuse.sshfs`…): that of the
+    deepest mount holding it."""
+    target = os.path.realpath(path)
+    best, fstype = "", ""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+        for line in info:
+            fields = line.split()
+            point = _unescape(fields[4])
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fstype = point, fields[fields.index("-") + 1]
+    return fstype
+
+
 def fuse_mountpoints() -> list[str]:
     """Every FUSE mountpoint, from mountinfo (os.path.ismount lies about dead mounts)."""
     points = []

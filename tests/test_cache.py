@@ -27,7 +27,8 @@ from test_fetch import (
     wait_until,
 )
 
-from blfs.cache import Cache, object_key
+from blfs.archive import JournalReader
+from blfs.cache import JOURNAL, Cache, object_key
 from blfs.errors import CacheFull
 from blfs.item import GrowingFile, Item
 
@@ -230,6 +231,16 @@ put(Cache(Path({str(root)!r}), 1 << 30), "b", 1000)
     assert Cache(root, 1 << 30).usage()[0] == 100
 
 
+def waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether `thread` is inside a Python function of that name now."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_readers_of_an_item_open_its_files_while_its_commit_waits_for_another_cache_lock(
     tmp_path,
 ):
@@ -243,7 +254,7 @@ def test_readers_of_an_item_open_its_files_while_its_commit_waits_for_another_ca
     committing = threading.Thread(target=item.commit, args=(4, moved), daemon=True)
     with other.locked():
         committing.start()
-        time.sleep(0.5)  # the commit is waiting for the lock `other` holds
+        wait_until(lambda: waiting_in(committing, "acquire"), what="the commit to wait")
         opened: list[int] = []
         opener = threading.Thread(target=lambda: opened.append(item.open(file)), daemon=True)
         opener.start()
@@ -270,9 +281,9 @@ def test_the_bound_holds_with_two_instances_committing_in_turn(tmp_path):
 def test_eviction_follows_uses_seen_by_another_instance(tmp_path):
     root = tmp_path / "cache"
     first, second = Cache(root, 1000), Cache(root, 1000)
-    for name in ("a", "b", "c"):
+    for age, name in enumerate("abc"):
         put(first, name, 300)
-        time.sleep(0.02)  # distinct mtimes
+        os.utime(root / object_key(name) / "index.json", (1e9 + age, 1e9 + age))  # last uses
     second.pin(object_key("a"), time.monotonic() + 5).release()  # a is now the most recent
     put(first, "d", 300)
     assert on_disk(root) == {object_key(k) for k in "acd"}
@@ -374,3 +385,141 @@ def test_everything_created_is_owner_only_whatever_the_umask(client, emulator, o
         os.umask(old)
     loose = [p for p in [root, *root.rglob("*")] if p.lstat().st_mode & 0o077]
     assert loose == []
+
+
+def test_an_evicted_entry_is_deleted_after_the_cache_lock_is_let_go(tmp_path):
+    root = tmp_path / "cache"
+    first, second = Cache(root, 1 << 30), Cache(root, 1 << 30)
+    key = object_key("many")
+    staging = first.stage(key, 0, directory=True)
+    (staging.path / "data").mkdir()
+    names = [f"f{n}" for n in range(20_000)]  # an entry whose deletion takes a while
+    for name in names:
+        (staging.path / "data" / name).touch()
+    index = {"version": 1, "bytes": 0, "members": [[name, 0, 0o100444, 0.0] for name in names]}
+    (staging.path / "index.json").write_text(json.dumps(index))
+    with first.locked():
+        first.commit(staging, 0)
+    evicting = threading.Thread(target=first.clear, args=([key],))
+    evicting.start()
+    doomed = root / "tmp"
+    wait_until(lambda: any(p.name.startswith("evict-") for p in doomed.iterdir()), what="rename")
+    started = time.monotonic()
+    with second.locked():  # what a lookup of another object needs to stage it
+        waited = time.monotonic() - started
+        deleting = any(p.name.startswith("evict-") for p in doomed.iterdir())
+    evicting.join(60)
+    print(f"\nthe cache lock came after {waited:.3f} s of the eviction's deletion")
+    assert deleting, "the cache lock was held until the evicted entry was deleted"
+    assert not (root / key).exists() and list(doomed.glob("evict-*")) == []
+
+
+def test_a_dead_downloaders_staging_is_kept_while_followed_and_adopted_by_a_follower(tmp_path):
+    root = tmp_path / "cache"
+    key = object_key("d" * 24)
+    followed, alone = (Cache(root, 1 << 30).stage(key, 10, directory=True) for _ in range(2))
+    for staging in (followed, alone):
+        (staging.path / JOURNAL).write_bytes(b'["member","x",1,33188,0]\n')
+        staging.lock.release()  # as its process died: the lock went with it
+    reader = JournalReader(followed.path / JOURNAL)
+    try:
+        other = Cache(root, 1 << 30)
+        assert other.usage() == (10, 1 << 30)  # the followed one is kept, and still counted
+        assert not alone.path.exists()
+        adopted = other.adopt(key, followed.path)
+        assert adopted is not None and adopted.path == followed.path and adopted.reserved == 10
+        assert Cache(root, 1 << 30).adopt(key, followed.path) is None  # one adopter only
+        assert reader.new_lines() == [["member", "x", 1, 33188, 0]]
+        other.discard(adopted)
+    finally:
+        reader.close()
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_followers_of_a_killed_downloader_read_on_while_the_one_taking_over_checks_its_bytes(
+    client, emulator, objects, tmp_path, home
+):
+    object_id = objects[0]
+    data = os.urandom(16 * MiB)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=8 * MiB)
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline().strip() == "open"
+        staged = root / "tmp"
+        half = lambda: any(p.stat().st_size >= 8 * MiB for p in staged.glob("*/data/data.bin"))  # noqa: E731
+        wait_until(half, what="half the object")
+        # Stall timeouts far below the time the takeover needs to check the bytes there.
+        followers = [new_fetcher(client, root, timeout=2.0) for _ in range(2)]
+        handles = [follower.contents(object_id).open("data.bin") for follower in followers]
+        emulator.set(bandwidth=2 * MiB)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait(10)
+    started = time.monotonic()
+    results = read_all_of(handles, len(data))
+    print(f"\nboth followers read the object {time.monotonic() - started:.1f} s after the kill")
+    assert results == [data, data]
+    assert downloads(emulator, object_id) == 2
+
+
+def read_all_of(handles: list, size: int) -> list[bytes | Exception]:
+    """Each handle read whole at once, in threads of their own."""
+    results: list[bytes | Exception] = [b""] * len(handles)
+
+    def read(index: int) -> None:
+        try:
+            results[index] = handles[index].read(0, size)
+        except Exception as exc:  # noqa: BLE001 - the error is the result
+            results[index] = exc
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(handles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_a_new_reader_takes_over_a_dead_download_that_another_process_follows(
+    client, emulator, objects, tmp_path, home
+):
+    object_id = objects[0]
+    data = os.urandom(4 * MiB)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=MiB)
+    root = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline().strip() == "open"
+        wait_until(lambda: any((root / "tmp").glob("*/data/data.bin")), what="staging")
+        (journal,) = (root / "tmp").glob(f"*/{JOURNAL}")
+        follower = JournalReader(journal)  # as another process reading along holds it
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait(10)
+    emulator.set(bandwidth=None)
+    try:
+        assert fetch(new_fetcher(client, root), object_id) == data
+        lines = follower.new_lines()
+    finally:
+        follower.close()
+    kinds = [line[0] for line in lines if line[0] != "checked"]
+    assert kinds == ["member", "end"]  # the follower read on to the end
+    assert downloads(emulator, object_id) == 2
+    assert not journal.parent.exists() and (root / object_key(object_id) / JOURNAL).is_file()

@@ -67,7 +67,7 @@ def test_six_readers_of_a_stalled_object_fail_within_one_stall_timeout_and_one_d
     )
     results: list = []
     readers.start()
-    time.sleep(2)
+    wait_until(lambda: downloads(emulator, stalled["_id"]) == 1, 20, "the stalled download")
     os.stat(mount.path / "objects" / other["_id"] / "_info.json")
     other_seconds, other_error = timed_read(mount.path / "objects" / other["_id"] / "dwi.nii.gz")
     info = time.monotonic()
@@ -140,7 +140,8 @@ def test_a_second_mount_reads_an_object_as_the_first_downloads_it(
         target=lambda: (first.path / "objects" / obj["_id"] / "blob.bin").read_bytes()
     )
     whole.start()
-    time.sleep(2)
+    staged = first.cache_dir / "tmp"
+    wait_until(lambda: any(p.stat().st_size for p in staged.glob("*/data/blob.bin")), 20)
     with open(second.path / "objects" / obj["_id"] / "blob.bin", "rb") as shared:
         head = shared.read(1)
         first_byte = time.monotonic() - started

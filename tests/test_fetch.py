@@ -21,6 +21,7 @@ from blfs.api import Client
 from blfs.auth import TokenStore
 from blfs.cache import Cache, object_key, settled
 from blfs.errors import AccessDenied, BadArchive, NotFound, RemoteError, RemoteTimeout
+from blfs.failures import Failures
 from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
 
 DOWNLOAD = "/api/warehouse/dataset/download/"
@@ -142,6 +143,12 @@ def new_fetcher(
 ):
     downloads = Downloads(Cache(root, max_bytes), stall_timeout=timeout, first_backoff=backoff)
     return ObjectFetcher(downloads, client.download_dataset)
+
+
+def wait_for_backoff(root: Path, object_id: str) -> None:
+    """Waits until the object's last failure no longer holds a new attempt back."""
+    failures = Failures(root / "failures")
+    wait_until(lambda: failures.pending(object_key(object_id)) is None, what="the backoff")
 
 
 def task_files(client: Client, root: Path) -> TaskFiles:
@@ -310,7 +317,7 @@ def test_a_truncated_body_fails_alike_until_its_backoff_ends_then_succeeds(
     with pytest.raises(first.type):
         fetcher.contents(objects[0]).lookup("a.bin")
     assert downloads(emulator, objects[0]) == 1
-    time.sleep(1.0)
+    wait_for_backoff(root, objects[0])
     assert read_all(fetcher.contents(objects[0]), "b.bin") == files["b.bin"]
     assert downloads(emulator, objects[0]) == 2
 
@@ -459,7 +466,7 @@ def test_access_denied_is_retried_at_once_server_errors_after_a_backoff(
     with pytest.raises(RemoteError):
         fetcher.contents(objects[0]).lookup("a")
     assert downloads(emulator, objects[0]) == 3  # 403, then 500 and its one retry
-    time.sleep(1.0)
+    wait_for_backoff(tmp_path / "cache", objects[0])
     assert read_all(fetcher.contents(objects[0]), "a") == b"a"
 
 
@@ -494,9 +501,11 @@ def test_a_finished_task_file_is_cached_by_task_and_path(client, emulator, tmp_p
     files = task_files(client, root)
     handle = files.open(task_id, path, len(data), final=True)
     assert handle.read(0, len(data) + 10) == data
-    wait_until(lambda: handle.complete, what="task file commit")
+    wait_until(lambda: handle.complete, what="every byte")
+    cached = root / "tasks" / task_id / path
+    wait_until(cached.is_file, what="task file commit")  # after its readers are served
     handle.release()
-    assert (root / "tasks" / task_id / path).read_bytes() == data
+    assert cached.read_bytes() == data
     emulator.clear_requests()
     again = task_files(client, root)
     handle = again.open(task_id, path, len(data), final=True)
