@@ -99,7 +99,10 @@ def test_s3_objects_read_right_whatever_the_files_route_answers(
         assert sizes.items() <= default_view.items()
         waiting = set(default_view) - set(sizes)
         assert all(name.endswith("_events.tsv") for name in waiting), waiting
-        # ...and once the walk's stat calls have brought the archives, all of them.
+        # ...and once the archives the walk's stat calls brought are committed, all of them.
+        deadline = time.monotonic() + 60
+        while view_sizes(view) != default_view and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert view_sizes(view) == default_view
         assert view_names(view) == set(default_view)  # what is listed answers stat
         asked = len(listings(emulator))
