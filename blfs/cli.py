@@ -6,6 +6,7 @@ import argparse
 import getpass
 import math
 import os
+import pwd
 import sys
 import time
 from collections.abc import Callable
@@ -369,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if helper_call(argv):
+        _helper_home()
         try:
             argv = helper_mount_args(argv)
         except BlfsError as exc:
@@ -418,6 +420,18 @@ def helper_call(argv: list[str]) -> bool:
     or `blfs SOURCE DIR -o …` from mount.fuse3 for the type fuse.blfs): SOURCE is `blfs` or
     the API's URL, never a command name."""
     return len(argv) >= 2 and (argv[0] == "blfs" or argv[0].startswith(("http://", "https://")))
+
+
+def _helper_home() -> None:
+    """mount(8) drops HOME, and mount.fuse3 puts /root in its place whoever mounts: the home
+    that holds this user's token and cache is then the password database's."""
+    home = os.environ.get("HOME", "")
+    try:
+        own = os.stat(home).st_uid == os.getuid() if home else False
+    except OSError:
+        own = False
+    if not own:
+        os.environ["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
 
 
 def helper_mount_args(argv: list[str]) -> list[str]:

@@ -184,7 +184,14 @@ _LIBFUSE_REASONS: list[tuple[re.Pattern[str], str]] = [
         re.compile(r"option (\S+) only allowed if 'user_allow_other' is set in (\S+)"),
         "{0} needs the line user_allow_other in {1}, which only root can add",
     ),
-    (re.compile(r"(?:fuse|fusermount3?): mount failed: (.*)"), "the kernel refused the mount: {0}"),
+    (
+        re.compile(r"(?:fuse|fusermount3?): mount failed: (Operation not permitted)"),
+        "the kernel refused the mount ({0}): a container needs --cap-add SYS_ADMIN to mount",
+    ),
+    (
+        re.compile(r"(?:fuse|fusermount3?): mount failed: (.*)"),
+        "the kernel refused the mount ({0}): check the -o options",
+    ),
     (re.compile(r"fusermount3?: (mountpoint .* not owned by user)"), "{0}"),
     (re.compile(r"fusermount3?: (user has no write access to mountpoint .*)"), "{0}"),
     (re.compile(r"device not found, try 'modprobe fuse' first"), "there is no /dev/fuse here"),
