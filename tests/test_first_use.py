@@ -514,3 +514,70 @@ def test_systemd_accepts_the_unit(tmp_path):
         timeout=60,
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+# --- installing -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """blfs built as a wheel from this checkout, once per session."""
+    out = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    (found,) = out.glob("blfs-*.whl")
+    return found
+
+
+def test_the_wheel_holds_what_an_install_needs(wheel):
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "blfs/data/blfs@.service" in names and "blfs/emulator/server.py" in names
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert f"Version: {blfs.__version__}" in text and "License-Expression: MIT" in text
+    assert "Provides-Extra: demo" in text and "Provides-Extra: test" in text
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "blfs = blfs.cli:main" in scripts and "mount.fuse.blfs = blfs.cli:mount_helper" in scripts
+    )
+
+
+def test_demo_names_the_extra_it_lacks_and_runs_once_it_is_installed(wheel, tmp_path):
+    require_fuse()
+    venv = tmp_path / "venv"
+    env = user_env(tmp_path)
+    env.pop("PYTHONPATH", None)  # the wheel's blfs, not this checkout's
+
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout
+        )
+
+    made = run(sys.executable, "-m", "venv", str(venv))
+    assert made.returncode == 0, made.stderr
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    plain = run(*pip, str(wheel))
+    assert plain.returncode == 0, plain.stderr
+    point = tmp_path / "brainlife"
+    lacking = run(str(venv / "bin" / "blfs"), "demo", str(point))
+    line = one_line_error(lacking)
+    assert "blfs demo needs the demo extra" in line
+    assert line.endswith(f"{venv / 'bin' / 'python'} -m pip install '{wheel}[demo]'"), line
+    with_demo = run(*pip, f"{wheel}[demo]")
+    assert with_demo.returncode == 0, with_demo.stderr
+    try:
+        started = run(str(venv / "bin" / "blfs"), "demo", str(point))
+        assert started.returncode == 0, started.stderr
+        assert "Lab Private" in os.listdir(point / "projects")
+    finally:
+        stopped = run(str(venv / "bin" / "blfs"), "umount", str(point), timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not mountinfo.is_mounted(point)
