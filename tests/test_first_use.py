@@ -581,3 +581,15 @@ def test_demo_names_the_extra_it_lacks_and_runs_once_it_is_installed(wheel, tmp_
         stopped = run(str(venv / "bin" / "blfs"), "umount", str(point), timeout=60)
     assert stopped.returncode == 0, stopped.stderr
     assert not mountinfo.is_mounted(point)
+
+
+def test_ci_runs_the_readme_quick_start_word_for_word():
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```sh\n(.*?)\n```", quick_start, re.DOTALL)
+    assert len(commands) == 2 and all("\n" not in command for command in commands), commands
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    first, second = (ci.index(command) for command in commands)
+    assert first < second
+    assert "python3 -m venv .venv" in commands[0] and "pip install '.[test]'" in commands[0]
+    assert commands[1].startswith(".venv/bin/python -m pytest")
