@@ -445,7 +445,7 @@ def unit_commands(home: Path, instance: str) -> dict[str, list[str]]:
         key, sep, value = line.partition("=")
         if sep and key in ("ExecStart", "ExecStop"):
             value = value.replace("%h", str(home)).replace("%I", instance).replace("%i", instance)
-            words = shlex.split(value)
+            words = shlex.split(value.removeprefix("-"))  # "-": its failure is ignored
             commands[key] = [
                 w
                 for word in words
@@ -454,39 +454,29 @@ def unit_commands(home: Path, instance: str) -> dict[str, list[str]]:
     return commands
 
 
-def test_the_systemd_unit_mounts_at_start_and_unmounts_at_stop(emulator, user_home):
+@pytest.fixture
+def unit_service(emulator, user_home) -> Iterator[tuple[subprocess.Popen[bytes], list[str], Path]]:
+    """`blfs@brainlife` started as systemd starts it: its ExecStart running, its mount up; the
+    ExecStop command; the mountpoint. Whatever a test does, nothing is left mounted."""
     require_fuse()
-    shim(
-        user_home / ".local" / "bin",
-        "blfs",
-        "import sys; sys.argv[0] = 'blfs'; from blfs.cli import main; main()",
-    )
+    code = "import sys; sys.argv[0] = 'blfs'; from blfs.cli import main; main()"
+    shim(user_home / ".local" / "bin", "blfs", code)
     env_file = user_home / ".config" / "blfs" / "brainlife.env"
     env_file.parent.mkdir(parents=True)
     env_file.write_text(f"BLFS_OPTIONS=--api {emulator.url} --ttl 5\n")
     commands = unit_commands(user_home, "brainlife")
     point = user_home / "brainlife"
     assert commands["ExecStart"][1:4] == ["mount", "--foreground", str(point)]
-    service = subprocess.Popen(
-        commands["ExecStart"],
-        env=user_env(user_home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with open(user_home / "journal.log", "wb") as journal:
+        service = subprocess.Popen(
+            commands["ExecStart"], env=user_env(user_home), stdout=journal, stderr=journal
+        )
     try:
         wait_until(
             lambda: mountinfo.is_mounted(point) or service.poll() is not None, what="the mount"
         )
         assert "Lab Private" in os.listdir(point / "projects")
-        stop = subprocess.run(
-            commands["ExecStop"],
-            env=user_env(user_home),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert stop.returncode == 0, stop.stderr
-        assert service.wait(30) == 0  # the service ends cleanly: systemd sees a stop, not a failure
+        yield service, commands["ExecStop"], point
     finally:
         if mountinfo.is_mounted(point):
             subprocess.run([mountinfo.fusermount(), "-uz", str(point)], timeout=30)
@@ -494,6 +484,28 @@ def test_the_systemd_unit_mounts_at_start_and_unmounts_at_stop(emulator, user_ho
             service.kill()
             service.wait(10)
     assert not mountinfo.is_mounted(point)
+
+
+def test_the_systemd_unit_mounts_at_start_and_unmounts_at_stop(unit_service, user_home):
+    service, stop_command, point = unit_service
+    stop = blfs_run(stop_command, user_home)
+    assert stop.returncode == 0, stop.stderr
+    assert service.wait(30) == 0  # the service ends cleanly: systemd sees a stop, not a failure
+    assert not mountinfo.is_mounted(point)
+
+
+def test_the_systemd_units_stop_clears_the_mount_of_a_crashed_service(unit_service, user_home):
+    service, stop_command, point = unit_service
+    service.kill()
+    service.wait(10)
+    assert mountinfo.is_stale(point)
+    stop = blfs_run(stop_command, user_home)  # systemd runs ExecStop after a crash too
+    assert stop.returncode == 0, stop.stderr
+    assert not mountinfo.is_mounted(point)
+
+
+def blfs_run(command: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, env=user_env(home), capture_output=True, text=True, timeout=60)
 
 
 def test_systemd_accepts_the_unit(tmp_path):
