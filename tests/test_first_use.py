@@ -363,7 +363,7 @@ def test_mount_t_fuse_blfs_mounts_through_mount_fuse3(emulator, user_home):
         f"mount -t fuse.blfs -o ttl=5,cache_dir={cache},nodev,noatime {emulator.url} {point}\n"
         f"grep ' {point} ' /proc/self/mounts\n"
         f"ls {shlex.quote(str(point))}/publications\n"
-        f"blfs umount {shlex.quote(str(point))}\n"
+        f"{blfs_command()} umount {shlex.quote(str(point))}\n"
     )
     done = in_private_mounts(script, user_env(user_home))
     assert done.returncode == 0, done.stderr
