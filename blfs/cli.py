@@ -239,7 +239,7 @@ def _cache_keys(targets: list[str]) -> list[str]:
     keys = []
     for target in targets:
         path = Path(target)
-        if status.mount_holding(path) is not None:
+        if path.exists() and status.mount_holding(path) is not None:
             keys += [object_key(found.name) for found in objects_at(path)]
             continue
         object_id = last_object_id(path.parts)
