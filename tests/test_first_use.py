@@ -533,10 +533,14 @@ def test_systemd_accepts_the_unit(tmp_path):
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """blfs built as a wheel from this checkout, once per session."""
+    """blfs built as a wheel from this checkout, once per session (from a copy: a build writes
+    into the tree it builds)."""
     out = tmp_path_factory.mktemp("wheel")
+    source = out / "source"
+    skipped = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skipped))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
         capture_output=True,
         text=True,
         timeout=600,
