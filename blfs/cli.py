@@ -6,6 +6,7 @@ import argparse
 import getpass
 import math
 import os
+import pwd
 import socket
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-from blfs import demo, mountinfo, mounting, status, units
+from blfs import __version__, demo, mountinfo, mounting, status, units
 from blfs.errors import BlfsError
 from blfs.ids import last_object_id
 from blfs.units import human
@@ -91,6 +92,7 @@ def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:
         fuse_options=mounting.parse_fuse_options(",".join(args.o or [])),
         emulator_data=Path(args.emulator_data).absolute() if args.emulator_data else None,
         share=args.share,
+        verbose=args.verbosity > 0,
     )
 
 
@@ -103,12 +105,22 @@ def _log_path(cache_dir: Path, mountpoint: Path) -> Path:
 def cmd_mount(args: argparse.Namespace) -> None:
     options = _mount_options(args)
     if args.foreground:
-        mounting.log_to_stderr()
+        mounting.log_to_stderr(verbose=options.verbose)
         mounting.run_foreground(options)
         return
     log_path = _log_path(options.cache_dir, options.mountpoint)
-    _warn(mounting.spawn(options, log_path))
-    print(f"mounted {options.api_url} at {options.mountpoint} (log: {log_path})")
+    _started(mounting.spawn(options, log_path), args.verbosity)
+    if args.verbosity >= 0:
+        print(f"mounted {options.api_url} at {options.mountpoint} (log: {log_path})")
+
+
+def _started(lines: list[str], verbosity: int) -> None:
+    """What a mount logged while starting: its warnings, or (verbose) every line."""
+    if verbosity > 0:
+        for line in lines:
+            print(line, file=sys.stderr)
+    else:
+        _warn(mounting.warnings(lines))
 
 
 def _warn(warnings: list[str]) -> None:
@@ -155,22 +167,25 @@ def cmd_login(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     mountpoint = Path(args.mountpoint).absolute()
-    mountpoint.mkdir(parents=True, exist_ok=True)  # a newcomer's one command
-    mounting.check_mountpoint(mountpoint)
     options = demo.options(mountpoint, args.cache_dir, args.ttl)
+    options.verbose = args.verbosity > 0
     log_path = _log_path(args.cache_dir, mountpoint)
-    _warn(mounting.spawn(options, log_path))
-    print(
-        f"brainlife demo mounted at {mountpoint} (log: {log_path})\n"
-        f"  try:  ls {mountpoint}/projects\n"
-        f"  stop: blfs umount {mountpoint}"
-    )
+    _started(mounting.spawn(options, log_path), args.verbosity)
+    if args.verbosity >= 0:
+        print(
+            f"brainlife demo mounted at {mountpoint} (log: {log_path})\n"
+            f"  try:  ls {mountpoint}/projects\n"
+            f"  stop: blfs umount {mountpoint}"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> None:
     mounts = status.running_mounts()
-    if not mounts:
+    stale = status.stale_mounts(mounts)
+    if not mounts and not stale:
         print("no blfs mounts")
+    for point in stale:
+        print(f"{point}  stale: its process has ended; clear it with: blfs umount {point}")
     for record in mounts:
         cache = mounting.open_cache(Path(record["cache_dir"]))
         used, bound = cache.usage()
@@ -201,7 +216,9 @@ def describe_download(item: dict) -> str:
 def cmd_prefetch(args: argparse.Namespace) -> None:
     from blfs.prefetch import prefetch
 
-    failed = prefetch([Path(p) for p in args.paths], parallel=args.parallel)
+    failed = prefetch(
+        [Path(p) for p in args.paths], parallel=args.parallel, verbosity=args.verbosity
+    )
     if failed:
         raise SystemExit(f"blfs: {failed} object(s) could not be fetched")
 
@@ -217,14 +234,21 @@ def _caches(args: argparse.Namespace) -> list[Cache]:
 
 
 def _cache_keys(targets: list[str]) -> list[str]:
-    """Cache keys of objects named by id or by any path inside their directory."""
+    """Cache keys of objects named by id, or by a path in a blfs mount (as `prefetch` takes
+    them: the objects under a directory, or the one holding a file), or by a path that holds an
+    object's id (a mount that is gone)."""
     from blfs.cache import object_key
+    from blfs.prefetch import objects_at
 
     keys = []
     for target in targets:
-        object_id = last_object_id(Path(target).parts)
+        path = Path(target)
+        if path.exists() and status.mount_holding(path) is not None:
+            keys += [object_key(found.name) for found in objects_at(path)]
+            continue
+        object_id = last_object_id(path.parts)
         if object_id is None:
-            raise SystemExit(f"blfs: {target} names no data-object")
+            raise BlfsError(f"{target} names no data-object and is not inside a blfs mount")
         keys.append(object_key(object_id))
     return keys
 
@@ -251,7 +275,24 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="blfs", description="brainlife.io as a read-only filesystem")
+    parser.add_argument("--version", action="version", version=f"blfs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    # How much commands with long output say; the others always say the same.
+    talk = _Parser(add_help=False)
+    loudness = talk.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        default=0,
+        help="say more: every object fetched; what a mount logs, every request included",
+    )
+    loudness.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="warnings only"
+    )
 
     def add_api(command: argparse.ArgumentParser) -> None:
         command.add_argument(
@@ -272,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="seconds a listing is trusted before asking the server again (default 60)",
         )
 
-    mount = commands.add_parser("mount", help="mount brainlife at MOUNTPOINT")
+    mount = commands.add_parser("mount", parents=[talk], help="mount brainlife at MOUNTPOINT")
     mount.add_argument("mountpoint")
     add_api(mount)
     add_cache_dir(mount, mounting.default_cache_dir())
@@ -301,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--ttl-days", type=float, default=7.0)
     login.set_defaults(func=cmd_login)
 
-    sample = commands.add_parser("demo", help="mount the bundled sample server: no account needed")
+    sample = commands.add_parser(
+        "demo", parents=[talk], help="mount the bundled sample server: no account needed"
+    )
     sample.add_argument("mountpoint")
     add_cache_dir(sample, mounting.default_cache_dir())
     add_ttl(sample)
@@ -311,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_status
     )
 
-    prefetch = commands.add_parser("prefetch", help="fetch every object under mounted paths")
+    prefetch = commands.add_parser(
+        "prefetch",
+        parents=[talk],
+        help="fetch every object under mounted paths (or holding a mounted file)",
+    )
     prefetch.add_argument("paths", nargs="+")
     prefetch.add_argument("--parallel", "-j", type=parse_parallel, default=4)
     prefetch.set_defaults(func=cmd_prefetch)
@@ -325,16 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if helper_call(argv):
+        _helper_home()
+        try:
+            argv = helper_mount_args(argv)
+        except BlfsError as exc:
+            raise SystemExit(f"blfs: {exc}") from None
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
         sys.stdout.flush()
     except BrokenPipeError:
         _end_quietly()
-    except (BlfsError, OSError) as exc:
+    except BlfsError as exc:
         raise SystemExit(f"blfs: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"blfs: {sentence(exc)}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def sentence(exc: OSError) -> str:
+    """An OSError as a user reads it: the path and what is wrong with it, no errno tuple."""
+    what = exc.strerror or str(exc)
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
 
 
 def _end_quietly() -> None:
@@ -344,3 +406,76 @@ def _end_quietly() -> None:
     os.dup2(devnull, sys.stdout.fileno())
     os.dup2(devnull, sys.stderr.fileno())
     raise SystemExit(0)
+
+
+# --- mount(8)'s helper: `mount -t fuse.blfs SOURCE DIR -o OPTIONS`, /etc/fstab ---------------
+
+# mount(8)'s and mount.fuse3's own options, which say nothing to a blfs mount: it is always
+# read-only, nosuid and nodev (libfuse's defaults), whatever an fstab line says.
+_MOUNT8_ONLY = {"defaults", "rw", "ro", "user", "users", "nouser", "auto", "noauto", "_netdev",
+                "nofail", "dev", "suid"}  # fmt: skip
+# `-o` options of the helper that are `blfs mount` flags; the rest are FUSE options.
+_HELPER_FLAGS = {"api": "--api", "cache_dir": "--cache-dir", "cache_size": "--cache-size",
+                 "ttl": "--ttl", "share": "--share"}  # fmt: skip
+
+
+def helper_call(argv: list[str]) -> bool:
+    """Whether blfs was called as mount(8) calls a helper (`mount.fuse.blfs SOURCE DIR -o …`,
+    or `blfs SOURCE DIR -o …` from mount.fuse3 for the type fuse.blfs): SOURCE is `blfs` or
+    the API's URL, never a command name."""
+    return len(argv) >= 2 and (argv[0] == "blfs" or argv[0].startswith(("http://", "https://")))
+
+
+def _helper_home() -> None:
+    """mount(8) drops HOME, and mount.fuse3 puts /root in its place whoever mounts: the home
+    that holds this user's token and cache is then the password database's."""
+    home = os.environ.get("HOME", "")
+    try:
+        own = os.stat(home).st_uid == os.getuid() if home else False
+    except OSError:
+        own = False
+    if not own:
+        os.environ["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
+
+
+def helper_mount_args(argv: list[str]) -> list[str]:
+    """The `blfs mount` command line a helper call stands for."""
+    source, mountpoint, rest = argv[0], argv[1], argv[2:]
+    args = ["mount", mountpoint, "--quiet"]
+    if source != "blfs":
+        args += ["--api", source]
+    fuse: list[str] = []
+    words = iter(rest)
+    for word in words:
+        if word in ("-o", "-t", "-N"):  # -t fuse.blfs, -N a namespace: mount(8) has done it
+            value = next(words, "")
+            if word == "-o":
+                fuse += _helper_options(value, args)
+        elif word not in ("-n", "-s", "-v", "-f"):
+            raise BlfsError(f"mount helper: unexpected argument {word!r}")
+    if fuse:
+        args += ["-o", ",".join(fuse)]
+    return args
+
+
+def _helper_options(text: str, args: list[str]) -> list[str]:
+    """Adds the blfs flags among mount options to `args`; returns the FUSE options."""
+    fuse = []
+    for option in filter(None, text.split(",")):
+        key, sep, value = option.partition("=")
+        if key in _HELPER_FLAGS:
+            args += [_HELPER_FLAGS[key], value] if sep else [_HELPER_FLAGS[key]]
+        elif option not in _MOUNT8_ONLY and not key.startswith(("x-", "comment")):
+            fuse.append(option)
+    return fuse
+
+
+def mount_helper() -> None:
+    """`mount.fuse.blfs SOURCE MOUNTPOINT [-o OPTIONS]`: the program mount(8) runs for the
+    type fuse.blfs, as for any helper (mount.fuse3 runs `blfs` itself the same way)."""
+    if not helper_call(sys.argv[1:]):
+        raise SystemExit(
+            "usage: mount.fuse.blfs SOURCE MOUNTPOINT [-o OPTIONS]"
+            " (SOURCE: blfs, or the API URL such as https://brainlife.io/api)"
+        )
+    main()

@@ -7,16 +7,52 @@ ends with the mount (even a mount killed with -9). The emulator is imported only
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
+import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from blfs.errors import BlfsError
 from blfs.mounting import MountOptions
 
 USER = "demo"  # the generated data's user (DESIGN §8), whose password is its name
+# The emulator's modules that need the `demo` extra's packages (pyproject.toml).
+_NEEDS_EXTRA = ("blfs.emulator.nifti", "blfs.emulator.store", "blfs.emulator.tokens")
+
+
+def require_extra() -> None:
+    """Refuses, in one line naming the command that fixes it, a blfs installed without the
+    `demo` extra (the emulator's packages)."""
+    try:
+        for module in _NEEDS_EXTRA:
+            importlib.import_module(module)
+    except ImportError as exc:
+        raise BlfsError(
+            f"blfs demo needs the demo extra, which is not installed ({exc}): install it with"
+            f" {sys.executable} -m pip install '{installed_from()}[demo]'"
+        ) from None
+
+
+def installed_from() -> str:
+    """Where this blfs was installed from (pip records it: PEP 610), to install it again from
+    there with an extra; a placeholder when unknown. Never a name on a package index."""
+    try:
+        recorded = metadata.distribution("blfs").read_text("direct_url.json")
+        url = json.loads(recorded or "{}").get("url", "")
+    except (metadata.PackageNotFoundError, ValueError):
+        url = ""
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.path:
+        return unquote(parts.path)
+    return "<your blfs checkout or wheel>"
 
 
 def options(mountpoint: Path, cache_dir: Path, ttl: float) -> MountOptions:
     """A demo mount of sample data generated once under `cache_dir`, with a cache of its own."""
+    require_extra()
     from blfs.emulator.control import generated_data
 
     return MountOptions(

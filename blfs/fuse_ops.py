@@ -89,9 +89,12 @@ class BlfsOperations(mfusepy.Operations):
         self._log_once = _OncePerMessage()
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self._started = time.time()
 
     def _stat(self, attr: Attr) -> dict[str, int]:
-        mtime_ns = int(attr.mtime * 1e9)
+        # A time the server does not give (the top directories, a record without a date) is
+        # the mount's start: 0 would show as 1970.
+        mtime_ns = int((attr.mtime or self._started) * 1e9)
         return {
             "st_mode": _mode(attr, self._shared),
             "st_nlink": 2 if attr.is_dir else 1,

@@ -31,16 +31,31 @@ def filesystem_type(path: str | Path) -> str:
     return fstype
 
 
-def fuse_mountpoints() -> list[str]:
-    """Every FUSE mountpoint, from mountinfo (os.path.ismount lies about dead mounts)."""
-    points = []
+def _fuse_mounts() -> list[tuple[str, str, str]]:
+    """(mountpoint, type, super options) of every FUSE mount, from mountinfo (os.path.ismount
+    lies about dead mounts)."""
+    mounts = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
         for line in info:
             fields = line.split()
-            fstype = fields[fields.index("-") + 1]
-            if fstype == "fuse" or fstype.startswith("fuse."):
-                points.append(_unescape(fields[4]))
-    return points
+            rest = fields[fields.index("-") + 1 :]
+            if rest[0] == "fuse" or rest[0].startswith("fuse."):
+                mounts.append((_unescape(fields[4]), rest[0], rest[2] if len(rest) > 2 else ""))
+    return mounts
+
+
+def fuse_mountpoints() -> list[str]:
+    """Every FUSE mountpoint."""
+    return [point for point, _, _ in _fuse_mounts()]
+
+
+def blfs_mountpoints(uid: int) -> list[str]:
+    """The blfs mounts (type fuse.blfs) that the user `uid` made, live or stale."""
+    return [
+        point
+        for point, kind, options in _fuse_mounts()
+        if kind == "fuse.blfs" and f"user_id={uid}" in options.split(",")
+    ]
 
 
 def is_mounted(mountpoint: str | Path) -> bool:

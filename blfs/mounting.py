@@ -53,6 +53,7 @@ class MountOptions:
     token_home: Path | None = None
     emulator_data: Path | None = None
     share: bool = False
+    verbose: bool = False
 
     def argv(self) -> list[str]:
         """The `blfs mount --foreground` command line that reproduces these options."""
@@ -78,6 +79,8 @@ class MountOptions:
             args += ["--emulator-data", str(self.emulator_data)]
         if self.share:
             args.append("--share")
+        if self.verbose:
+            args.append("--verbose")
         return args
 
 
@@ -99,23 +102,119 @@ def format_fuse_options(options: dict[str, str | bool]) -> str:
 
 
 def check_mountpoint(mountpoint: Path) -> None:
-    """Refuses a stale or busy mountpoint with the command that clears it."""
+    """Refuses a stale or busy mountpoint with the command that clears it; makes a missing one
+    (with its parents, as `mkdir -p`)."""
     if mountinfo.is_mounted(mountpoint):
         if mountinfo.is_stale(mountpoint):
-            raise SystemExit(
-                f"blfs: {mountpoint} is a stale mount (Transport endpoint is not connected); "
+            raise BlfsError(
+                f"{mountpoint} is a stale mount (Transport endpoint is not connected); "
                 f"clear it with: blfs umount {mountpoint}"
             )
-        raise SystemExit(
-            f"blfs: {mountpoint} is already mounted; unmount it with: blfs umount {mountpoint}"
+        raise BlfsError(
+            f"{mountpoint} is busy: something is already mounted there;"
+            f" unmount it with: blfs umount {mountpoint}"
         )
-    if not mountpoint.is_dir():
-        raise SystemExit(f"blfs: mountpoint {mountpoint} is not a directory")
+    try:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BlfsError(f"mountpoint {mountpoint} is a file, not a directory") from None
+    except OSError as exc:
+        raise BlfsError(f"cannot make the mountpoint {mountpoint}: {exc.strerror}") from None
 
 
-def log_to_stderr() -> None:
-    """How a mount process logs: to stderr, which a background mount sends to its log file."""
+FUSE_DEVICE = "/dev/fuse"
+FUSE_CONF = "/etc/fuse.conf"  # where fusermount3 reads user_allow_other (its build's FUSE_CONF)
+
+
+def check_fuse_device() -> None:
+    """Refuses, saying what to do, a machine or container where this user cannot use FUSE.
+
+    libfuse (and the setuid fusermount3, which drops its privileges for this) opens the device as
+    this user, so opening it here tells what the mount would meet."""
+    try:
+        fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise BlfsError(
+            f"there is no {FUSE_DEVICE} here ({exc.strerror}), so nothing can be mounted: load"
+            " FUSE (modprobe fuse), or give a container the device"
+            " (docker run --device /dev/fuse --cap-add SYS_ADMIN)"
+        ) from None
+    except PermissionError:
+        raise BlfsError(
+            f"you may not use {FUSE_DEVICE} (permission denied): ask the administrator for"
+            " FUSE access (often the fuse group)"
+        ) from None
+    except OSError as exc:
+        raise BlfsError(f"cannot use {FUSE_DEVICE}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def user_allow_other() -> bool:
+    """Whether fusermount3 lets users other than root mount with allow_other."""
+    try:
+        with open(FUSE_CONF, encoding="utf-8", errors="replace") as conf:
+            return any(line.split("#")[0].strip() == "user_allow_other" for line in conf)
+    except OSError:
+        return False
+
+
+def check_can_mount(options: MountOptions) -> None:
+    """What can be checked before a mount starts, each refused with one line saying what to do:
+    the mountpoint, the FUSE device, and allow_other where fusermount3 would refuse it."""
+    check_mountpoint(options.mountpoint)
+    check_fuse_device()
+    asked = [name for name in ("allow_other", "allow_root") if options.fuse_options.get(name)]
+    if options.share:
+        asked.append("allow_other (--share)")
+    if asked and os.getuid() != 0 and not user_allow_other():
+        raise BlfsError(
+            f"{asked[0]} needs the line user_allow_other in {FUSE_CONF}, which only root can"
+            " add: ask the administrator, or mount without it"
+        )
+
+
+# What libfuse and fusermount3 print when a mount fails (their wording since libfuse 3.10),
+# each as the one line a user can act on.
+_LIBFUSE_REASONS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"unknown option\(s\): `(?:-o )?(.*)'"), "unknown mount option: {0}"),
+    (re.compile(r"fusermount3?: unknown option '(.*)'"), "unknown mount option: {0}"),
+    (re.compile(r"fusermount3?: option (\S+) is privileged"), "only root may use -o {0}"),
+    (
+        re.compile(r"option (\S+) only allowed if 'user_allow_other' is set in (\S+)"),
+        "{0} needs the line user_allow_other in {1}, which only root can add",
+    ),
+    (
+        re.compile(r"(?:fuse|fusermount3?): mount failed: (Operation not permitted)"),
+        "the kernel refused the mount ({0}): a container needs --cap-add SYS_ADMIN to mount",
+    ),
+    (
+        re.compile(r"(?:fuse|fusermount3?): mount failed: (.*)"),
+        "the kernel refused the mount ({0}): check the -o options",
+    ),
+    (re.compile(r"fusermount3?: (mountpoint .* not owned by user)"), "{0}"),
+    (re.compile(r"fusermount3?: (user has no write access to mountpoint .*)"), "{0}"),
+    (re.compile(r"device not found, try 'modprobe fuse' first"), "there is no /dev/fuse here"),
+    (re.compile(r"failed to open /dev/fuse: (.*)"), "cannot use /dev/fuse: {0}"),
+]
+
+
+def libfuse_reason(lines: list[str]) -> str | None:
+    """Why libfuse or fusermount3 refused a mount, from what they printed; None if they did not."""
+    for line in reversed(lines):
+        for pattern, reason in _LIBFUSE_REASONS:
+            found = pattern.search(line)
+            if found:
+                return reason.format(*found.groups())
+    said = [line for line in lines if re.match(r"(fuse|fusermount3?): ", line)]
+    return said[-1] if said else None
+
+
+def log_to_stderr(verbose: bool = False) -> None:
+    """How a mount process logs: to stderr, which a background mount sends to its log file;
+    verbose adds every request to the server."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if verbose:
+        log.setLevel(logging.DEBUG)
 
 
 def run_foreground(options: MountOptions) -> None:
@@ -123,7 +222,7 @@ def run_foreground(options: MountOptions) -> None:
     from blfs.api import Client
     from blfs.auth import TokenStore
 
-    check_mountpoint(options.mountpoint)
+    check_can_mount(options)
     with contextlib.ExitStack() as stack:
         if options.emulator_data is not None:
             from blfs import demo
@@ -277,9 +376,9 @@ def open_cache(root: Path) -> Cache:
 
 
 def spawn(options: MountOptions, log_path: Path) -> list[str]:
-    """Starts `blfs mount --foreground` detached and returns, once the mount is ready, the
-    warnings it logged while starting. If it does not start, raises with its one-line reason."""
-    check_mountpoint(options.mountpoint)
+    """Starts `blfs mount --foreground` detached and returns, once the mount is ready, what it
+    logged while starting. If it does not start, raises with its one-line reason and the log."""
+    check_can_mount(options)
     private_dir(log_path.parent)
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     with open(os.open(log_path, flags, FILE_MODE), "ab") as log_file:
@@ -295,13 +394,15 @@ def spawn(options: MountOptions, log_path: Path) -> list[str]:
     while not mountinfo.is_mounted(options.mountpoint):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise BlfsError(_start_failure(_run_output(log_path, start)))
+            reason = _start_failure(_run_output(log_path, start))
+            raise BlfsError(f"cannot mount at {options.mountpoint}: {reason} (log: {log_path})")
         time.sleep(0.05)
-    return [
-        line.split(" WARNING blfs: ", 1)[1]
-        for line in _run_output(log_path, start)
-        if " WARNING blfs: " in line
-    ]
+    return _run_output(log_path, start)
+
+
+def warnings(lines: list[str]) -> list[str]:
+    """The warnings among a mount's log lines."""
+    return [line.split(" WARNING blfs: ", 1)[1] for line in lines if " WARNING blfs: " in line]
 
 
 def _run_output(log_path: Path, start: int) -> list[str]:
@@ -312,8 +413,12 @@ def _run_output(log_path: Path, start: int) -> list[str]:
 
 
 def _start_failure(lines: list[str]) -> str:
-    """The mount's own one-line reason (`blfs: …`, as the command line ends), else the tail."""
+    """Why the mount did not start, in one line: libfuse's reason, else the mount's own
+    (`blfs: …`, as the command line ends), else the last line it logged."""
+    reason = libfuse_reason(lines)
+    if reason:
+        return reason
     reasons = [line for line in lines if re.match(r"blfs( \w+)?: ", line)]
     if reasons:
         return reasons[-1].removeprefix("blfs: ")
-    return "the mount did not start:\n" + "\n".join(lines[-15:])
+    return lines[-1] if lines else "it ended without a word"

@@ -49,16 +49,25 @@ def find_objects(roots: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def objects_at(path: Path) -> list[Path]:
+    """The object directories a path in a mount names: the one holding it (a file or directory
+    inside an object), else those under it."""
+    for candidate in (path, *path.parents):
+        if is_object_dir(candidate):
+            return [candidate]
+    if not path.is_dir():
+        raise BlfsError(f"{path} is a file outside any data-object (nothing to fetch)")
+    return find_objects([path])
+
+
 def mount_of(path: Path) -> dict[str, Any]:
     """The status record of the blfs mount holding `path`; a one-line error for any other path."""
     if not path.exists():
         raise BlfsError(f"{path} does not exist")
-    real = os.path.realpath(path)
-    for record in status.running_mounts():
-        point = record.get("mountpoint", "")
-        if real == point or real.startswith(point.rstrip("/") + "/"):
-            return record
-    raise BlfsError(f"{path} is not inside a blfs mount (prefetch fetches through one)")
+    record = status.mount_holding(path)
+    if record is None:
+        raise BlfsError(f"{path} is not inside a blfs mount (prefetch fetches through one)")
+    return record
 
 
 @dataclass
@@ -184,7 +193,7 @@ def _jobs(paths: list[Path]) -> tuple[list[_Job], list[str]]:
     mounts = {path: mount_of(path) for path in paths}
     jobs = {}
     for path, record in mounts.items():
-        for found in find_objects([path]):
+        for found in objects_at(path):
             jobs[found] = _Job(found, _size_hint(found), Path(record["cache_dir"]))
     mountpoints = [record["mountpoint"] for record in mounts.values()]
     return sorted(jobs.values(), key=lambda job: job.path), list(dict.fromkeys(mountpoints))
@@ -198,23 +207,57 @@ def _bounds(jobs: list[_Job]) -> list[_Bound]:
     return [_Bound(cache_dir, group) for cache_dir, group in by_cache.items()]
 
 
-def _warn(lines: Iterable[str], out: TextIO) -> None:
-    """A warning, over the progress bar: its first line says so, the others follow as they are."""
-    for number, line in enumerate(lines):
-        print(f"\r\033[K{'' if number else 'blfs: warning: '}{line}", file=out, flush=True)
+# How often a progress line is written where the output is not a terminal (a batch job's log).
+LOG_PROGRESS_EVERY = 30.0
 
 
-def prefetch(paths: list[Path], parallel: int = 4, out: TextIO = sys.stderr) -> int:
-    """Fetches every object under the paths, which must lie in blfs mounts; returns how many
-    failed.
+class _Output:
+    """Where prefetch writes: on a terminal a bar redrawn in place, elsewhere plain lines (one
+    every LOG_PROGRESS_EVERY seconds); the objects that failed always, every object's outcome
+    when verbose, nothing but warnings and failures when quiet."""
+
+    def __init__(self, out: TextIO, verbosity: int) -> None:
+        self.out = out
+        self.verbosity = verbosity
+        self.terminal = out.isatty()
+        self._last_line = time.monotonic()
+
+    def _line(self, text: str, end: str = "\n") -> None:
+        print(f"\r\033[K{text}" if self.terminal else text, end=end, file=self.out, flush=True)
+
+    def warn(self, lines: Iterable[str]) -> None:
+        """A warning: its first line says so, the others follow as they are."""
+        for number, line in enumerate(lines):
+            self._line(f"{'' if number else 'blfs: warning: '}{line}")
+
+    def finished(self, job: _Job) -> None:
+        if job.error or self.verbosity > 0:
+            self._line(job.verdict())
+
+    def progress(self, run: _Run, last: bool = False) -> None:
+        if self.verbosity < 0:
+            return
+        if self.terminal:
+            self._line(run.line(), end="\n" if last else "")
+        elif last or time.monotonic() - self._last_line >= LOG_PROGRESS_EVERY:
+            self._last_line = time.monotonic()
+            self._line(run.line())
+
+
+def prefetch(
+    paths: list[Path], parallel: int = 4, out: TextIO = sys.stderr, verbosity: int = 0
+) -> int:
+    """Fetches every object under the paths (or holding them), which must lie in blfs mounts;
+    returns how many failed.
 
     Workers are daemon threads, so Ctrl-C ends the command at once; the mount finishes or drops
     the downloads already started, and a re-run skips what is cached. Only this thread writes.
     """
+    output = _Output(out, verbosity)
     jobs, mountpoints = _jobs(paths)
     bounds = _bounds(jobs)
     for bound in bounds:
-        _warn(filter(None, [bound.warning_before()]), out)
+        output.warn(filter(None, [bound.warning_before()]))
     run = _Run(jobs, mountpoints)
     queue: Queue[_Job] = Queue()
     for job in run.jobs:
@@ -233,11 +276,11 @@ def prefetch(paths: list[Path], parallel: int = 4, out: TextIO = sys.stderr) -> 
         worker.start()
     while any(worker.is_alive() for worker in workers) or not run.finished.empty():
         while not run.finished.empty():
-            print(f"\r\033[K{run.finished.get().verdict()}", file=out, flush=True)
-        print(f"\r\033[K{run.line()}", end="", file=out, flush=True)
+            output.finished(run.finished.get())
+        output.progress(run)
         for worker in workers:
             worker.join(0.5 / parallel)
-    print(f"\r\033[K{run.line()}", file=out, flush=True)
+    output.progress(run, last=True)
     for bound in bounds:
-        _warn(bound.report_after(), out)
+        output.warn(bound.report_after())
     return sum(1 for job in run.jobs if job.error)

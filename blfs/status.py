@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from blfs.private import private_dir
+from blfs import mountinfo
+from blfs.private import private_dir, write_private
 
 PUBLISH_INTERVAL = 1.0
 
@@ -35,7 +36,7 @@ def alive(pid: int) -> bool:
 
 def _write_atomically(path: Path, record: dict[str, Any]) -> None:
     temporary = path.with_suffix(f".tmp{threading.get_ident()}")
-    temporary.write_text(json.dumps(record))
+    write_private(temporary, json.dumps(record).encode())
     temporary.replace(path)
 
 
@@ -94,6 +95,27 @@ def running_mounts() -> list[dict[str, Any]]:
         else:
             path.unlink(missing_ok=True)
     return records
+
+
+def stale_mounts(records: list[dict[str, Any]]) -> list[str]:
+    """This user's blfs mounts whose process has ended (no running mount's record names them):
+    they answer "Transport endpoint is not connected" until unmounted."""
+    recorded = {record.get("mountpoint") for record in records}
+    return [
+        point
+        for point in mountinfo.blfs_mountpoints(os.getuid())
+        if point not in recorded and mountinfo.is_stale(point)
+    ]
+
+
+def mount_holding(path: Path) -> dict[str, Any] | None:
+    """The record of the running mount that `path` lies in, if any."""
+    real = os.path.realpath(path)
+    for record in running_mounts():
+        point = record.get("mountpoint", "")
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            return record
+    return None
 
 
 def mount_record(mountpoint: str) -> dict[str, Any] | None:
