@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -181,6 +182,7 @@ class Client:
         timeout: float = 30.0,
         retries: int = 3,
         page_size: int = PAGE_SIZE,
+        parallel: int = 1,
     ) -> None:
         api = api_url.rstrip("/")
         self.api_url = api
@@ -189,6 +191,7 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.page_size = page_size
+        self.parallel = parallel  # requests at once for a listing's further pages
         self._auth = f"{api}/auth"
         self._warehouse = f"{api}/warehouse"
         self._amaretti = f"{api}/amaretti"
@@ -397,6 +400,29 @@ class Client:
                 return
             if count is not None and skip >= count:
                 return
+            if count is not None and self.parallel > 1:
+                yield from self._further_pages(
+                    url, key, params, auth, range(skip, count, self.page_size)
+                )
+                return
+
+    def _further_pages(
+        self, url: str, key: str, params: dict[str, Any], auth: Auth, skips: range
+    ) -> Iterator[dict[str, Any]]:
+        """The pages after the first, once it gave the total: asked `parallel` at a time (each
+        wait still bounded by one timeout), handed out in order."""
+
+        def page(skip: int) -> list[dict[str, Any]]:
+            return self._get_json(url, {**params, "limit": self.page_size, "skip": skip}, auth)[key]
+
+        with ThreadPoolExecutor(min(self.parallel, len(skips)), "blfs-pages") as pool:
+            pages = [pool.submit(page, skip) for skip in skips]
+            try:
+                for future in pages:
+                    yield from future.result()
+            finally:
+                for future in pages:
+                    future.cancel()
 
     def _amaretti_pages(self, path: str, key: str, find: dict[str, Any]) -> Iterator[dict]:
         """Amaretti has no `count`, and its ACL is part of the query: a short page is the last."""

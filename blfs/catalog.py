@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blfs import bids
+from blfs.ahead import Ahead
 from blfs.auth import claims
 from blfs.errors import AccessDenied, NotFound
 from blfs.metacache import MetaCache
@@ -146,9 +147,60 @@ class Catalog:
     answers (BIDS) are kept in memory only.
     """
 
-    def __init__(self, client: Client, ttl: float = 60.0, store: MetaStore | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ttl: float = 60.0,
+        store: MetaStore | None = None,
+        ahead: Ahead | None = None,
+    ) -> None:
         self._client = client
         self._cache = MetaCache(ttl, store)
+        self._ahead = ahead or Ahead(0)
+
+    # --- asking ahead (blfs/ahead.py): the answers below, requested before they are needed ---
+
+    def ask_ahead_at_mount(self) -> None:
+        """The project list (then the user's accepted agreements, when a readable project has
+        any) and the datatypes: every path under projects/ needs them."""
+
+        def projects_then_agreements() -> None:
+            for project in self.projects().by_id.values():
+                if project.get("agreements"):
+                    self.pending_agreements(project["_id"])
+                    return
+
+        self._ahead.submit("projects", projects_then_agreements)
+        self._ahead.submit("datatypes", self.datatypes)
+
+    def ask_ahead_project(self, project: Mapping[str, Any]) -> None:
+        """A project's objects, participants and processes together, once it is looked up."""
+        project_id = str(project["_id"])
+
+        def participants() -> None:
+            if self.participants_readable(dict(project)):
+                self.participants(project_id)
+
+        self._ahead.submit(("project", project_id), lambda: self.project_tree(project_id))
+        self._ahead.submit(("participants", project_id), participants)
+        group = project.get("group_id")
+        if group is not None:
+            self._ahead.submit(("instances", group), lambda: self.instances(group))
+
+    def ask_ahead_objects(self, below: Iterable[Mapping[str, Any]]) -> None:
+        """The per-object answers (`_product.json`, an S3 object's file listing) of every
+        object below a directory being listed: a walk stats them next, three levels down."""
+        for record in below:
+            object_id = str(record["_id"])
+            ask = functools.partial(self._product_if_readable, record)
+            self._ahead.submit(("product", object_id), ask)
+            if _listable(record):
+                ask = functools.partial(self.member_sizes, record)
+                self._ahead.submit(("member_sizes", object_id), ask)
+
+    def _product_if_readable(self, record: Mapping[str, Any]) -> None:
+        if self.product_readable(record.get("project")):
+            self.product_bytes(str(record["_id"]))
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
@@ -206,6 +258,11 @@ class Catalog:
         """Whether this user may read the project (shown under projects/): what the warehouse
         asks before it answers an object's `_product.json` (API §2)."""
         return str(project_id) in self.projects().by_id
+
+    def product_readable(self, project_id: object) -> bool:
+        """Whether `_product.json` is answered for the project's objects: to a logged-in user
+        who may read the project (API §2), not to every reader of a release."""
+        return self.logged_in() and self.project_readable(project_id)
 
     def pending_agreements(self, project_id: object) -> list[dict[str, Any]]:
         """The data-use agreements of a readable project that this user has not accepted: the

@@ -34,7 +34,7 @@ from blfs.nodes import (
     directory,
     json_size,
 )
-from blfs.tree import Branch, datatype_dir, timestamp
+from blfs.tree import Branch, datatype_dir, records, timestamp
 
 if TYPE_CHECKING:
     from blfs.fetch import Member as MemberInfo
@@ -161,6 +161,7 @@ class Namespace:
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     def _project_node(self, project: dict[str, Any]) -> Node:
+        self.catalog.ask_ahead_project(project)
         mtime = timestamp(project.get("create_date"))
         group = project.get("group_id")
         processes = NamedDir(
@@ -321,6 +322,8 @@ class BranchNode(Node):
         return child if isinstance(child, Branch) else None
 
     def entries(self) -> list[tuple[str, Attr]]:
+        # A walk stats every object's files next: asked for now, many at a time.
+        self._ns.catalog.ask_ahead_objects(records(self._branch))
         return [
             (name, directory(c.mtime if isinstance(c, Branch) else _created(c)))
             for name, c in self._branch.children.items()
@@ -347,10 +350,8 @@ class ObjectDir(Node):
         return BytesFile(self._ns.catalog.product_bytes(self._record["_id"]), self._attr.mtime)
 
     def _product_readable(self) -> bool:
-        """The warehouse answers `_product.json` to a logged-in user who may read the object's
-        project (API §2), not to every reader of a release: elsewhere it is not shown."""
-        catalog = self._ns.catalog
-        return catalog.logged_in() and catalog.project_readable(self._record.get("project"))
+        """Where the warehouse does not answer `_product.json`, it is not shown."""
+        return self._ns.catalog.product_readable(self._record.get("project"))
 
     def lookup(self, name: str) -> Node:
         if name == "_info.json":
