@@ -227,13 +227,21 @@ class Catalog:
     def project_tree(self, project_id: str) -> Branch:
         def fetch() -> list[dict[str, Any]]:
             find = {"project": project_id, "removed": False, "status": "stored"}
-            return list(self._client.datasets(find, select=DATASET_SELECT))
+            expected = self._recorded_count(project_id)
+            return list(self._client.datasets(find, select=DATASET_SELECT, expected=expected))
 
         def build(records: list[dict[str, Any]]) -> Branch:
             shown = [r for r in records if r.get("status") == "stored" and not r.get("removed")]
             return build_tree(shown, self.datatypes())
 
         return self._cache.get(("project", project_id), fetch, build)
+
+    def _recorded_count(self, project_id: str) -> int:
+        """How many stored objects the project's record says it has (`stats`, updated by the
+        server now and then): the pages of its listing are asked for together from the start."""
+        project = self.projects().by_id.get(project_id) or {}
+        count = ((project.get("stats") or {}).get("datasets") or {}).get("count")
+        return count if isinstance(count, int) and count > 0 else 0
 
     def release_tree(self, release_id: str) -> Branch:
         def fetch() -> list[dict[str, Any]]:
