@@ -7,7 +7,7 @@ For the mount asking nothing ahead (`--ahead 0`, as before) and for `--ahead N`:
   1. `ls -lR` of an N-object project whose archives are cached (its metadata not yet known):
      seconds, requests, and the ratio of the seconds to those requests made one after another
      (requests x latency; goal < 1/8), with the most requests the server saw in flight at once
-  2. first byte of a data file reached by its projects/… path in a fresh mount (empty cache):
+  2. first byte of a data-object's file reached by its projects/sub-… path in a fresh mount:
      seconds, the round trips waited one after another from the server's request log (goal <= 3:
      two of waiting plus the download's own) and the requests made since the mount started
 Generated data is kept in --dir and reused by later runs; the caches are removed after.
@@ -85,7 +85,8 @@ def cache_project(server: Emulator, home: Path, cache: Path) -> str:
         env = user_env(home)
         prefetch = [sys.executable, "-m", "blfs", "prefetch", "-j", "8", str(point / PROJECT)]
         subprocess.run(prefetch, check=True, env=env, timeout=3600, stderr=subprocess.DEVNULL)
-        image = next((point / PROJECT).rglob("*.nii.gz"))
+        subjects = sorted((point / PROJECT).glob("sub-*"))
+        image = next(path for subject in subjects for path in subject.rglob("*.nii.gz"))
         return str(image.relative_to(point))
 
 
