@@ -243,8 +243,7 @@ class Namespace:
 class ProjectDir(DirNode):
     """A project: processes/ and bids/; files made from metadata (project.json, ACCESS.txt when
     its data is refused, the objects by state, the participant table when this user may read
-    it), their requests made only when they are looked up, not when the project is listed;
-    then its subjects."""
+    it), whose requests a listing of the project never waits for; then its subjects."""
 
     def __init__(
         self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float

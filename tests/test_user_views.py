@@ -122,7 +122,6 @@ def test_participants_of_a_project_that_publishes_them(mount, emulator):
     shown = mount.path / "projects" / "BIDS Study"
     emulator.clear_requests()
     assert {"participants.tsv", "participants.json"} <= set(os.listdir(shown))
-    assert not [r for r in emulator.requests() if "/participant/" in r["path"]]
     with open(shown / "participants.tsv", newline="") as table:
         rows = {row["participant_id"]: row for row in csv.DictReader(table, delimiter="\t")}
     expected = participants_rows(emulator, "BIDS Study")
@@ -133,6 +132,8 @@ def test_participants_of_a_project_that_publishes_them(mount, emulator):
         )
     described = json.loads((shown / "participants.json").read_bytes())
     assert set(described) == set(next(iter(rows.values()))) - {"participant_id"}
+    # Asked for ahead when the project was looked up, then never again.
+    assert len([r for r in emulator.requests() if "/participant/" in r["path"]]) == 1
 
 
 def test_no_participants_where_the_project_does_not_publish_them(mount, emulator):
