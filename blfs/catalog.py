@@ -198,6 +198,17 @@ class Catalog:
                 ask = functools.partial(self.member_sizes, record)
                 self._ahead.submit(("member_sizes", object_id), ask)
 
+    def ask_ahead_tasks(self, instance_id: str, reserved: Iterable[str]) -> None:
+        """A process's tasks, once processes/ is listed or the process looked up (`reserved`:
+        as the namespace asks for them, which shapes the answer kept)."""
+        reserved = tuple(reserved)
+        self._ahead.submit(("tasks", instance_id), lambda: self.tasks(instance_id, reserved))
+
+    def ask_ahead_task_listing(self, task: dict[str, Any], relpath: str) -> None:
+        """A task's directory listing, once the directory above it is listed: a walk's next."""
+        key = ("task_ls", task["_id"], relpath)
+        self._ahead.submit(key, lambda: self.task_listing(task, relpath))
+
     def _product_if_readable(self, record: Mapping[str, Any]) -> None:
         if self.product_readable(record.get("project")):
             self.product_bytes(str(record["_id"]))

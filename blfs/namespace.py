@@ -221,11 +221,17 @@ class Namespace:
         return BidsDir(dataset, member, known, confirmed, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
+        self.catalog.ask_ahead_tasks(instance["_id"], [INSTANCE_METADATA])
         mtime = timestamp(instance.get("create_date"))
+
+        def task_node(task: dict[str, Any]) -> Node:
+            self.catalog.ask_ahead_task_listing(task, "")
+            return TaskDir(self, task, "", directory(timestamp(task.get("create_date"))))
+
         tasks = NamedDir(
             directory(mtime),
             lambda: self.catalog.tasks(instance["_id"], reserved=[INSTANCE_METADATA]),
-            lambda task: TaskDir(self, task, "", directory(timestamp(task.get("create_date")))),
+            task_node,
         )
         metadata = JsonFile(without_secrets(instance), mtime)
         return DirNode(directory(mtime), {INSTANCE_METADATA: metadata}, lambda: tasks)
@@ -475,6 +481,10 @@ class TaskDir(Node):
     def _metadata(self) -> JsonFile:
         return JsonFile(without_secrets(self._task), self._attr.mtime)
 
+    def _below(self, listed: str) -> str:
+        """The task path of an entry of this directory, by the server's name."""
+        return f"{self._relpath}/{listed}" if self._relpath else listed
+
     def lookup(self, name: str) -> Node:
         if name in self._beside.metadata:
             return self._metadata()
@@ -484,8 +494,7 @@ class TaskDir(Node):
         attr = listing.attrs.get(name)
         if attr is None:
             raise NotFound(f"no such file: {name}")
-        listed = listing.listed_name(name)  # the server's name, for its requests
-        path = f"{self._relpath}/{listed}" if self._relpath else listed
+        path = self._below(listing.listed_name(name))  # the server's name, for its requests
         if attr.is_dir:
             return TaskDir(self._ns, self._task, path, attr)
         if name in listing.file_links:
@@ -496,6 +505,10 @@ class TaskDir(Node):
     def entries(self) -> list[tuple[str, Attr]]:
         # A symlinked file is listed with the link's own size, marked inexact: its real size
         # costs a request, made only when it is looked up.
-        listed = self._ns.catalog.task_listing(self._task, self._relpath).attrs.items()
+        catalog = self._ns.catalog
+        listing = catalog.task_listing(self._task, self._relpath)
+        for name, attr in listing.attrs.items():
+            if attr.is_dir:  # a walk lists each next
+                catalog.ask_ahead_task_listing(self._task, self._below(listing.listed_name(name)))
         own = [(TASK_METADATA, self._metadata().attr())] if self._beside.metadata else []
-        return own + self._beside.shown(listed)
+        return own + self._beside.shown(listing.attrs.items())

@@ -18,6 +18,7 @@ from blfs.emulator.control import in_flight_peak, round_trips
 
 PRODUCT = "/api/warehouse/dataset/product/"
 DOWNLOAD = "/api/warehouse/dataset/download/"
+TASK_LS = "/api/amaretti/task/ls/"
 LAB = Path("projects") / "Lab Private"
 
 
@@ -126,3 +127,27 @@ def test_width_zero_asks_nothing_ahead():
     ran = threading.Event()
     ahead.submit("key", ran.set)
     assert not ran.wait(0.2)
+
+
+def test_listing_a_process_asks_for_its_tasks_listings_at_once_and_never_twice(mount, emulator):
+    processes = mount.path / LAB / "processes"
+    process = processes / sorted(os.listdir(processes))[0]
+    emulator.set(latency=0.2)
+    emulator.clear_requests()
+    tasks = [name for name in os.listdir(process) if not name.startswith("_")]
+    assert len(tasks) >= 3
+    roots = [r for r in answered(emulator, TASK_LS, len(tasks)) if "p" not in r["query"]]
+    assert len(roots) == len(tasks)
+    assert in_flight_peak(roots) >= 2
+    # Listing a task's directory asks for its subdirectories' listings, unlisted yet.
+    subdirectories = [d for task in tasks for d in os.scandir(process / task) if d.is_dir()]
+    assert subdirectories
+    answered(emulator, TASK_LS, len(tasks) + len(subdirectories))
+    for directory in subdirectories:
+        os.listdir(directory.path)
+    listings = [
+        (r["path"], r["query"].get("p"))
+        for r in emulator.requests()
+        if r["path"].startswith(TASK_LS)
+    ]
+    assert len(listings) == len(set(listings))
