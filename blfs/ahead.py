@@ -10,9 +10,9 @@ waiting on this queue), and an answer already known costs no request. So nothing
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 
 log = logging.getLogger("blfs")
 
@@ -22,39 +22,62 @@ DEFAULT_WIDTH = 16
 
 
 class Ahead:
-    """`width` daemon workers running what is submitted, each key once while it is pending;
-    width 0 asks nothing ahead. A failure is dropped: whoever needs the answer asks for it again
-    and gets the error (or the known answer) then."""
+    """`width` daemon workers running what is submitted, each key once while it waits or runs;
+    width 0 asks nothing ahead. What was submitted last runs first (in its submitted order): the
+    directory listed last is where a walk or a reader goes next, even while what a listing of
+    a whole project queued still waits. A failure is dropped: whoever needs the answer asks for
+    it again and gets the error (or the known answer) then."""
 
     def __init__(self, width: int = DEFAULT_WIDTH) -> None:
         self.width = width
-        self._queue: queue.SimpleQueue[tuple[Hashable, Callable[[], object]]] = queue.SimpleQueue()
-        self._pending: set[Hashable] = set()
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._queue: deque[Hashable] = deque()  # keys, front first; stale duplicates skipped
+        self._waiting: dict[Hashable, Callable[[], object]] = {}
+        self._running: set[Hashable] = set()
         self._workers = 0
 
     def submit(self, key: Hashable, ask: Callable[[], object]) -> None:
-        """Calls `ask()` soon on a worker, unless `key` is already queued or being asked."""
+        """Calls `ask()` soon on a worker, unless `key` is already waiting or being asked."""
+        self.submit_all([(key, ask)])
+
+    def submit_all(self, asks: Iterable[tuple[Hashable, Callable[[], object]]]) -> None:
+        """Puts each `(key, ask)` in front of what waits, in this order (one already waiting
+        moves there too)."""
         if self.width <= 0:
             return
-        with self._lock:
-            if key in self._pending:
-                return
-            self._pending.add(key)
-            start = self._workers < min(self.width, len(self._pending))
-            if start:
-                self._workers += 1
-        self._queue.put((key, ask))
-        if start:
+        with self._ready:
+            front = []
+            for key, ask in asks:
+                if key not in self._running:
+                    self._waiting.setdefault(key, ask)
+                    front.append(key)
+            self._queue.extendleft(reversed(front))
+            self._ready.notify(len(front))
+            idle = self._workers - len(self._running)
+            starting = max(0, min(self.width - self._workers, len(self._waiting) - idle))
+            self._workers += starting
+        for _ in range(starting):
             threading.Thread(target=self._run, name="blfs-ahead", daemon=True).start()
+
+    def _next(self) -> tuple[Hashable, Callable[[], object]]:
+        with self._ready:
+            while True:
+                while not self._queue:
+                    self._ready.wait()
+                key = self._queue.popleft()
+                ask = self._waiting.pop(key, None)
+                if ask is not None:
+                    self._running.add(key)
+                    return key, ask
 
     def _run(self) -> None:
         while True:
-            key, ask = self._queue.get()
+            key, ask = self._next()
             try:
                 ask()
             except Exception as exc:  # noqa: BLE001 - the caller that needs it sees it again
                 log.debug("asked ahead for %r: %s", key, exc)
             finally:
                 with self._lock:
-                    self._pending.discard(key)
+                    self._running.discard(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -190,13 +190,17 @@ class Catalog:
     def ask_ahead_objects(self, below: Iterable[Mapping[str, Any]]) -> None:
         """The per-object answers (`_product.json`, an S3 object's file listing) of every
         object below a directory being listed: a walk stats them next, three levels down."""
+        asks: list[tuple[Hashable, Callable[[], object]]] = []
         for record in below:
             object_id = str(record["_id"])
-            ask = functools.partial(self._product_if_readable, record)
-            self._ahead.submit(("product", object_id), ask)
+            asks.append(
+                (("product", object_id), functools.partial(self._product_if_readable, record))
+            )
             if _listable(record):
-                ask = functools.partial(self.member_sizes, record)
-                self._ahead.submit(("member_sizes", object_id), ask)
+                asks.append(
+                    (("member_sizes", object_id), functools.partial(self.member_sizes, record))
+                )
+        self._ahead.submit_all(asks)
 
     def ask_ahead_tasks(self, instance_id: str, reserved: Iterable[str]) -> None:
         """A process's tasks, once processes/ is listed or the process looked up (`reserved`:

@@ -151,3 +151,27 @@ def test_listing_a_process_asks_for_its_tasks_listings_at_once_and_never_twice(m
         if r["path"].startswith(TASK_LS)
     ]
     assert len(listings) == len(set(listings))
+
+
+def test_what_was_submitted_last_is_asked_first_in_its_order():
+    ahead = Ahead(1)
+    busy, release, done = threading.Event(), threading.Event(), threading.Semaphore(0)
+    order: list[str] = []
+
+    def block() -> None:
+        busy.set()
+        assert release.wait(30)
+
+    def ask(key: str):
+        return lambda: (order.append(key), done.release())
+
+    ahead.submit("block", block)
+    assert busy.wait(30)
+    ahead.submit("a", ask("a"))
+    ahead.submit("b", ask("b"))
+    ahead.submit_all([("c", ask("c")), ("d", ask("d"))])
+    ahead.submit("a", ask("a again"))  # waiting already: moved to the front, asked once
+    release.set()
+    for _ in range(4):
+        assert done.acquire(timeout=30)
+    assert order == ["a", "c", "d", "b"]
