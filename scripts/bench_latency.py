@@ -2,11 +2,14 @@
 with a round trip injected into every API request.
 
     python scripts/bench_latency.py [--objects N] [--latency SECONDS] [--ahead N] [--dir DIR]
+                                    [--no-baseline]
 
-For the mount asking nothing ahead (`--ahead 0`, as before) and for `--ahead N`:
+For the mount asking nothing ahead (`--ahead 0`, as before; not with --no-baseline, which saves
+its requests x latency of waiting) and for `--ahead N`:
   1. `ls -lR` of an N-object project whose archives are cached (its metadata not yet known):
-     seconds, requests, and the ratio of the seconds to those requests made one after another
-     (requests x latency; goal < 1/8), with the most requests the server saw in flight at once
+     seconds, requests (and how many repeat an earlier one), and the ratio of the seconds to
+     those requests made one after another (requests x latency; goal < 1/8), with the most
+     requests the server saw in flight at once
   2. first byte of a data-object's file reached by its projects/sub-… path in a fresh mount:
      seconds, the round trips waited one after another from the server's request log (goal <= 3:
      two of waiting plus the download's own) and the requests made since the mount started
@@ -99,10 +102,11 @@ def ls_lr(server: Emulator, home: Path, cache: Path, ahead: int, latency: float)
         log = server.requests()
     server.set(latency=0)
     sequential = len(log) * latency
+    repeated = len(log) - len({(r["path"], str(sorted(r["query"].items()))) for r in log})
     return [
         f"ls -lR, ahead {ahead}",
         f"{seconds:.2f} s",
-        f"{len(log)} requests = {sequential:.1f} s one after another",
+        f"{len(log)} ({repeated} repeated) = {sequential:.1f} s one after another",
         f"{seconds / sequential:.3f}",
         f"{in_flight_peak(log)}",
     ]
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--ahead", type=int, default=16)
+    parser.add_argument("--no-baseline", action="store_true", help="skip --ahead 0")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "blfs-bench")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -148,9 +153,10 @@ def main() -> None:
         try:
             cache = home / "cache"
             path = cache_project(server, home, cache)
-            for ahead in (0, args.ahead):
+            widths = (args.ahead,) if args.no_baseline else (0, args.ahead)
+            for ahead in widths:
                 rows.append(ls_lr(server, home, cache, ahead, args.latency))
-            for ahead in (0, args.ahead):
+            for ahead in widths:
                 rows.append(first_byte(server, home, path, ahead, args.latency))
         finally:
             shutil.rmtree(home, ignore_errors=True)
