@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -157,8 +159,28 @@ class Catalog:
         self._client = client
         self._cache = MetaCache(ttl, store)
         self._ahead = ahead or Ahead(0)
+        self._asked: dict[Hashable, float] = {}  # key asked ahead -> until when it needs no more
+        self._asked_lock = threading.Lock()
 
     # --- asking ahead (blfs/ahead.py): the answers below, requested before they are needed ---
+
+    def _ask_ahead(self, asks: Iterable[tuple[Hashable, Callable[[], object], float]]) -> None:
+        """Submits each `(key, ask, lifetime)` unless it was answered ahead within its lifetime:
+        a walk lists and looks up the same directories again and again, and a stored object's
+        answers never change, so repeats cost no worker (one still waiting moves up front)."""
+        if self._ahead.width <= 0:
+            return
+        now = time.monotonic()
+        with self._asked_lock:
+            due = [(k, a, life) for k, a, life in asks if self._asked.get(k, now) <= now]
+        self._ahead.submit_all(
+            (k, functools.partial(self._answer, k, a, life)) for k, a, life in due
+        )
+
+    def _answer(self, key: Hashable, ask: Callable[[], object], lifetime: float) -> None:
+        ask()
+        with self._asked_lock:
+            self._asked[key] = time.monotonic() + lifetime
 
     def ask_ahead_at_mount(self) -> None:
         """The project list (then the user's accepted agreements, when a readable project has
@@ -170,8 +192,10 @@ class Catalog:
                     self.pending_agreements(project["_id"])
                     return
 
-        self._ahead.submit("projects", projects_then_agreements)
-        self._ahead.submit("datatypes", self.datatypes)
+        ttl = self._cache.ttl
+        self._ask_ahead(
+            [("projects", projects_then_agreements, ttl), ("datatypes", self.datatypes, ttl)]
+        )
 
     def ask_ahead_project(self, project: Mapping[str, Any]) -> None:
         """A project's objects, participants and processes together, once it is looked up."""
@@ -181,37 +205,41 @@ class Catalog:
             if self.participants_readable(dict(project)):
                 self.participants(project_id)
 
-        self._ahead.submit(("project", project_id), lambda: self.project_tree(project_id))
-        self._ahead.submit(("participants", project_id), participants)
+        ttl = self._cache.ttl
+        asks: list[tuple[Hashable, Callable[[], object], float]] = [
+            (("project", project_id), lambda: self.project_tree(project_id), ttl),
+            (("participants", project_id), participants, ttl),
+        ]
         group = project.get("group_id")
         if group is not None:
-            self._ahead.submit(("instances", group), lambda: self.instances(group))
+            asks.append((("instances", group), lambda: self.instances(group), ttl))
+        self._ask_ahead(asks)
 
     def ask_ahead_objects(self, below: Iterable[Mapping[str, Any]]) -> None:
         """The per-object answers (`_product.json`, an S3 object's file listing) of every
         object below a directory being listed: a walk stats them next, three levels down."""
-        asks: list[tuple[Hashable, Callable[[], object]]] = []
+        asks: list[tuple[Hashable, Callable[[], object], float]] = []
         for record in below:
             object_id = str(record["_id"])
-            asks.append(
-                (("product", object_id), functools.partial(self._product_if_readable, record))
-            )
+            product = functools.partial(self._product_if_readable, record)
+            asks.append((("product", object_id), product, PRODUCT_TTL))
             if _listable(record):
-                asks.append(
-                    (("member_sizes", object_id), functools.partial(self.member_sizes, record))
-                )
-        self._ahead.submit_all(asks)
+                sizes = functools.partial(self.member_sizes, record)
+                asks.append((("member_sizes", object_id), sizes, float("inf")))
+        self._ask_ahead(asks)
 
     def ask_ahead_tasks(self, instance_id: str, reserved: Iterable[str]) -> None:
         """A process's tasks, once processes/ is listed or the process looked up (`reserved`:
         as the namespace asks for them, which shapes the answer kept)."""
         reserved = tuple(reserved)
-        self._ahead.submit(("tasks", instance_id), lambda: self.tasks(instance_id, reserved))
+        ask = functools.partial(self.tasks, instance_id, reserved)
+        self._ask_ahead([(("tasks", instance_id), ask, self._cache.ttl)])
 
     def ask_ahead_task_listing(self, task: dict[str, Any], relpath: str) -> None:
         """A task's directory listing, once the directory above it is listed: a walk's next."""
         key = ("task_ls", task["_id"], relpath)
-        self._ahead.submit(key, lambda: self.task_listing(task, relpath))
+        lifetime = self._task_ttl(task) or self._cache.ttl
+        self._ask_ahead([(key, functools.partial(self.task_listing, task, relpath), lifetime)])
 
     def _product_if_readable(self, record: Mapping[str, Any]) -> None:
         if self.product_readable(record.get("project")):
