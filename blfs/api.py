@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -188,6 +189,7 @@ class Client:
         timeout: float = 30.0,
         retries: int = 3,
         page_size: int = PAGE_SIZE,
+        parallel: int = 1,
     ) -> None:
         api = api_url.rstrip("/")
         self.api_url = api
@@ -196,6 +198,7 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.page_size = page_size
+        self.parallel = parallel  # requests at once for a listing's further pages
         self._auth = f"{api}/auth"
         self._warehouse = f"{api}/warehouse"
         self._amaretti = f"{api}/amaretti"
@@ -221,12 +224,15 @@ class Client:
         rows = self._warehouse_pages("/datatype", "datatypes", {}, Auth.NONE)
         return {row["_id"]: row for row in rows}
 
-    def datasets(self, find: dict[str, Any], select: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every dataset matching `find` that the user can read, all pages."""
+    def datasets(
+        self, find: dict[str, Any], select: str | None = None, expected: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """Every dataset matching `find` that the user can read, all pages (`expected`: how
+        many there probably are, see `_warehouse_pages`)."""
         params: dict[str, Any] = {"find": find, "sort": "_id"}
         if select is not None:
             params["select"] = _dataset_select(select)
-        return self._warehouse_pages("/dataset", "datasets", params, Auth.REQUIRED)
+        return self._warehouse_pages("/dataset", "datasets", params, Auth.REQUIRED, expected)
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         _check_id(dataset_id, "data-object")
@@ -422,21 +428,53 @@ class Client:
     # --- requests ---------------------------------------------------------------------------------
 
     def _warehouse_pages(
-        self, path: str, key: str, params: dict[str, Any], auth: Auth
+        self, path: str, key: str, params: dict[str, Any], auth: Auth, expected: int = 0
     ) -> Iterator[dict[str, Any]]:
         """Pages by `count`: a page may be short, even empty, when rows the user cannot read were
-        dropped after the query (API §2), so a short page does not mean the end."""
+        dropped after the query (API §2), so a short page does not mean the end. Once one
+        page gave the total, the pages left are asked for together; `expected` (a total known
+        beforehand, such as a project's recorded object count) lets the first round span it."""
         url = self._warehouse + path
         skip = 0
+        batch = self._pages_in(expected)
         while True:
-            body = self._get_json(url, {**params, "limit": self.page_size, "skip": skip}, auth)
-            yield from body[key]
-            skip += self.page_size
-            count = body.get("count")
-            if count is None and len(body[key]) < self.page_size:
-                return
+            count = None
+            skips = range(skip, skip + batch * self.page_size, self.page_size)
+            for body in self._pages(url, params, auth, skips):
+                yield from body[key]
+                skip += self.page_size
+                count = body.get("count")
+                if count is None and len(body[key]) < self.page_size:
+                    return
             if count is not None and skip >= count:
                 return
+            batch = 1 if count is None else self._pages_in(count - skip)
+
+    def _pages_in(self, rows: int) -> int:
+        """How many pages to ask for at once for `rows` more rows: all of them when listings'
+        pages are asked in parallel, else one."""
+        return max(1, -(-rows // self.page_size)) if self.parallel > 1 else 1
+
+    def _pages(
+        self, url: str, params: dict[str, Any], auth: Auth, skips: range
+    ) -> Iterator[dict[str, Any]]:
+        """The bodies of the pages at `skips`, in order, asked `parallel` at a time (each wait
+        still bounded by one timeout)."""
+
+        def page(skip: int) -> dict[str, Any]:
+            return self._get_json(url, {**params, "limit": self.page_size, "skip": skip}, auth)
+
+        if len(skips) == 1:
+            yield page(skips[0])
+            return
+        with ThreadPoolExecutor(min(self.parallel, len(skips)), "blfs-pages") as pool:
+            pages = [pool.submit(page, skip) for skip in skips]
+            try:
+                for future in pages:
+                    yield future.result()
+            finally:
+                for future in pages:
+                    future.cancel()
 
     def _amaretti_pages(self, path: str, key: str, find: dict[str, Any]) -> Iterator[dict]:
         """Amaretti has no `count`, and its ACL is part of the query: a short page is the last."""

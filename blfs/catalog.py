@@ -13,11 +13,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blfs import bids
+from blfs.ahead import Ahead
 from blfs.auth import claims
 from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError
 from blfs.failures import backoff
@@ -221,13 +222,105 @@ class Catalog:
     answers (BIDS) are kept in memory only.
     """
 
-    def __init__(self, client: Client, ttl: float = 60.0, store: MetaStore | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ttl: float = 60.0,
+        store: MetaStore | None = None,
+        ahead: Ahead | None = None,
+    ) -> None:
         self._client = client
         self._cache = MetaCache(ttl, store)
         self._lock = threading.Lock()
         # Participant tables whose request failed: (failures in a row, when to ask again).
         self._unanswered: dict[str, tuple[int, float]] = {}
         self._gone_tasks: set[str] = set()  # tasks whose listing amaretti said it has not
+        self._ahead = ahead or Ahead(0)
+        self._asked: dict[Hashable, float] = {}  # key asked ahead -> until when it needs no more
+        self._asked_lock = threading.Lock()
+
+    # --- asking ahead (blfs/ahead.py): the answers below, requested before they are needed ---
+
+    def _ask_ahead(self, asks: Iterable[tuple[Hashable, Callable[[], object], float]]) -> None:
+        """Submits each `(key, ask, lifetime)` unless it was answered ahead within its lifetime:
+        a walk lists and looks up the same directories again and again, and a stored object's
+        answers never change, so repeats cost no worker (one still waiting moves up front)."""
+        if self._ahead.width <= 0:
+            return
+        now = time.monotonic()
+        with self._asked_lock:
+            due = [(k, a, life) for k, a, life in asks if self._asked.get(k, now) <= now]
+        self._ahead.submit_all(
+            (k, functools.partial(self._answer, k, a, life)) for k, a, life in due
+        )
+
+    def _answer(self, key: Hashable, ask: Callable[[], object], lifetime: float) -> None:
+        ask()
+        with self._asked_lock:
+            self._asked[key] = time.monotonic() + lifetime
+
+    def ask_ahead_at_mount(self) -> None:
+        """The project list (then the user's accepted agreements, when a readable project has
+        any) and the datatypes: every path under projects/ needs them."""
+
+        def projects_then_agreements() -> None:
+            for project in self.projects().by_id.values():
+                if project.get("agreements"):
+                    self.pending_agreements(project["_id"])
+                    return
+
+        ttl = self._cache.ttl
+        self._ask_ahead(
+            [("projects", projects_then_agreements, ttl), ("datatypes", self.datatypes, ttl)]
+        )
+
+    def ask_ahead_project(self, project: Mapping[str, Any]) -> None:
+        """A project's objects, participants and processes together, once it is looked up."""
+        project_id = str(project["_id"])
+
+        def participants() -> None:
+            if self.participants_readable(dict(project)):
+                self.participants(project_id)
+
+        ttl = self._cache.ttl
+        asks: list[tuple[Hashable, Callable[[], object], float]] = [
+            (("project", project_id), lambda: self.project_tree(project_id), ttl),
+            (("participants", project_id), participants, ttl),
+        ]
+        group = project.get("group_id")
+        if group is not None:
+            asks.append((("instances", group), lambda: self.instances(group), ttl))
+        self._ask_ahead(asks)
+
+    def ask_ahead_objects(self, below: Iterable[Mapping[str, Any]]) -> None:
+        """The per-object answers (`_product.json`, an S3 object's file listing) of every
+        object below a directory being listed: a walk stats them next, three levels down."""
+        asks: list[tuple[Hashable, Callable[[], object], float]] = []
+        for record in below:
+            object_id = str(record["_id"])
+            product = functools.partial(self._product_if_readable, record)
+            asks.append((("product", object_id), product, PRODUCT_TTL))
+            if _listable(record):
+                sizes = functools.partial(self.member_sizes, record)
+                asks.append((("member_sizes", object_id), sizes, float("inf")))
+        self._ask_ahead(asks)
+
+    def ask_ahead_tasks(self, instance_id: str, reserved: Iterable[str]) -> None:
+        """A process's tasks, once processes/ is listed or the process looked up (`reserved`:
+        as the namespace asks for them, which shapes the answer kept)."""
+        reserved = tuple(reserved)
+        ask = functools.partial(self.tasks, instance_id, reserved)
+        self._ask_ahead([(("tasks", instance_id), ask, self._cache.ttl)])
+
+    def ask_ahead_task_listing(self, task: dict[str, Any], relpath: str) -> None:
+        """A task's directory listing, once the directory above it is listed: a walk's next."""
+        key = ("task_ls", task["_id"], relpath)
+        lifetime = self._task_ttl(task) or self._cache.ttl
+        self._ask_ahead([(key, functools.partial(self.task_listing, task, relpath), lifetime)])
+
+    def _product_if_readable(self, record: Mapping[str, Any]) -> None:
+        if self.product_readable(record.get("project")):
+            self.product_bytes(str(record["_id"]))
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
@@ -254,13 +347,21 @@ class Catalog:
     def project_tree(self, project_id: str) -> Branch:
         def fetch() -> list[dict[str, Any]]:
             find = {"project": project_id, "removed": False, "status": "stored"}
-            return list(self._client.datasets(find, select=DATASET_SELECT))
+            expected = self._recorded_count(project_id)
+            return list(self._client.datasets(find, select=DATASET_SELECT, expected=expected))
 
         def build(records: list[dict[str, Any]]) -> Branch:
             shown = [r for r in records if r.get("status") == "stored" and not r.get("removed")]
             return build_tree(shown, self.datatypes())
 
         return self._cache.get(("project", project_id), fetch, build)
+
+    def _recorded_count(self, project_id: str) -> int:
+        """How many stored objects the project's record says it has (`stats`, updated by the
+        server now and then): the pages of its listing are asked for together from the start."""
+        project = self.projects().by_id.get(project_id) or {}
+        count = ((project.get("stats") or {}).get("datasets") or {}).get("count")
+        return count if isinstance(count, int) and count > 0 else 0
 
     def release_tree(self, release_id: str) -> Branch:
         def fetch() -> list[dict[str, Any]]:
@@ -285,6 +386,11 @@ class Catalog:
         """Whether this user may read the project (shown under projects/): what the warehouse
         asks before it answers an object's `_product.json` (API §2)."""
         return str(project_id) in self.projects().by_id
+
+    def product_readable(self, project_id: object) -> bool:
+        """Whether `_product.json` is answered for the project's objects: to a logged-in user
+        who may read the project (API §2), not to every reader of a release."""
+        return self.logged_in() and self.project_readable(project_id)
 
     def pending_agreements(self, project_id: object) -> list[dict[str, Any]]:
         """The data-use agreements of a readable project that this user has not accepted: the

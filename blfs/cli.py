@@ -82,6 +82,11 @@ def parse_parallel(text: str) -> int:
     return _number(text, int, lambda count: count >= 1, "a number of parallel fetches")
 
 
+def parse_ahead(text: str) -> int:
+    """Requests asked ahead at once (0: none)."""
+    return _number(text, int, lambda count: 0 <= count <= 128, "a number from 0 to 128")
+
+
 def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:
     return mounting.MountOptions(
         mountpoint=Path(args.mountpoint).absolute(),
@@ -93,6 +98,7 @@ def _mount_options(args: argparse.Namespace) -> mounting.MountOptions:
         emulator_data=Path(args.emulator_data).absolute() if args.emulator_data else None,
         share=args.share,
         verbose=args.verbosity > 0,
+        ahead=args.ahead,
     )
 
 
@@ -327,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         " they see what your token can read",
     )
     add_ttl(mount)
+    mount.add_argument(
+        "--ahead",
+        type=parse_ahead,
+        default=mounting.DEFAULT_AHEAD,
+        metavar="N",
+        help="metadata requests asked ahead of a walk at once, hiding the server's latency"
+        f" (default {mounting.DEFAULT_AHEAD}; 0 asks only when needed)",
+    )
     mount.add_argument("--emulator-data", help=argparse.SUPPRESS)
     mount.set_defaults(func=cmd_mount)
 

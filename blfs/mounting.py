@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blfs import libfuse, mountinfo, status
+from blfs.ahead import DEFAULT_WIDTH as DEFAULT_AHEAD
 from blfs.errors import AccessDenied, BlfsError, RemoteError
 from blfs.metastore import FILENAME as METADATA_FILE
 from blfs.metastore import MetaStore
@@ -54,6 +55,7 @@ class MountOptions:
     emulator_data: Path | None = None
     share: bool = False
     verbose: bool = False
+    ahead: int = DEFAULT_AHEAD
 
     def argv(self) -> list[str]:
         """The `blfs mount --foreground` command line that reproduces these options."""
@@ -81,6 +83,8 @@ class MountOptions:
             args.append("--share")
         if self.verbose:
             args.append("--verbose")
+        if self.ahead != DEFAULT_AHEAD:
+            args += ["--ahead", str(self.ahead)]
         return args
 
 
@@ -228,7 +232,8 @@ def run_foreground(options: MountOptions) -> None:
             from blfs import demo
 
             stack.enter_context(demo.serving(options))
-        client = Client(options.api_url, TokenStore(options.api_url, home=options.token_home))
+        tokens = TokenStore(options.api_url, home=options.token_home)
+        client = Client(options.api_url, tokens, parallel=max(1, options.ahead))
         check_api(client, options.cache_dir)
         _serve(options, client)
 
@@ -262,6 +267,7 @@ def offline_metadata(cache_dir: Path) -> bool:
 
 def _serve(options: MountOptions, client: Client) -> None:
     library = libfuse.select()  # before mfusepy is imported, so that it loads the same one
+    from blfs.ahead import Ahead
     from blfs.cache import LOCK_WAIT, Cache
     from blfs.catalog import Catalog
     from blfs.fetch import Downloads, ObjectFetcher, TaskFiles
@@ -272,7 +278,9 @@ def _serve(options: MountOptions, client: Client) -> None:
     downloads = Downloads(cache, stall_timeout=client.timeout)
     objects = ObjectFetcher(downloads, client.download_dataset)
     task_files = TaskFiles(downloads, client.download_task_file)
-    catalog = Catalog(client, ttl=options.ttl, store=_metadata_store(options, client))
+    store = _metadata_store(options, client)
+    catalog = Catalog(client, ttl=options.ttl, store=store, ahead=Ahead(options.ahead))
+    catalog.ask_ahead_at_mount()
     namespace = Namespace(catalog, objects, task_files)
     fuse_options: dict[str, str | bool] = {
         "ro": True,

@@ -33,7 +33,7 @@ from blfs.nodes import (
     directory,
     json_size,
 )
-from blfs.tree import Branch, datatype_dir, timestamp
+from blfs.tree import Branch, datatype_dir, records, timestamp
 
 if TYPE_CHECKING:
     from blfs.fetch import Member as MemberInfo
@@ -148,6 +148,7 @@ class Namespace:
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     def _project_node(self, project: dict[str, Any]) -> Node:
+        self.catalog.ask_ahead_project(project)
         mtime = timestamp(project.get("create_date"))
         group = project.get("group_id")
         processes = NamedDir(
@@ -207,11 +208,17 @@ class Namespace:
         return BidsDir(dataset, member, known, confirmed, mtime=mtime)
 
     def _instance_node(self, instance: dict[str, Any]) -> Node:
+        self.catalog.ask_ahead_tasks(instance["_id"], [INSTANCE_METADATA])
         mtime = timestamp(instance.get("create_date"))
+
+        def task_node(task: dict[str, Any]) -> Node:
+            self.catalog.ask_ahead_task_listing(task, "")
+            return TaskDir(self, task, "", directory(timestamp(task.get("create_date"))))
+
         tasks = NamedDir(
             directory(mtime),
             lambda: self.catalog.tasks(instance["_id"], reserved=[INSTANCE_METADATA]),
-            lambda task: TaskDir(self, task, "", directory(timestamp(task.get("create_date")))),
+            task_node,
         )
         metadata = JsonFile(instance, mtime)
         return DirNode(directory(mtime), {INSTANCE_METADATA: metadata}, lambda: tasks)
@@ -229,8 +236,8 @@ class Namespace:
 class ProjectDir(DirNode):
     """A project: processes/ and bids/; files made from metadata (project.json, ACCESS.txt when
     its data is refused, the objects by state, the participant table when this user may read
-    it and the server gave it: a listing asks for it rather than promise a file that may not
-    come), then its subjects."""
+    it and the server gave it: a listing asks for it, asked ahead once the project is looked up,
+    rather than promise a file that may not come), then its subjects."""
 
     def __init__(
         self, ns: Namespace, project: dict[str, Any], fixed: dict[str, Node], mtime: float
@@ -315,6 +322,8 @@ class BranchNode(Node):
         return child if isinstance(child, Branch) else None
 
     def entries(self) -> list[tuple[str, Attr]]:
+        # A walk stats every object's files next: asked for now, many at a time.
+        self._ns.catalog.ask_ahead_objects(records(self._branch))
         return [
             (name, directory(c.mtime if isinstance(c, Branch) else _created(c)))
             for name, c in self._branch.children.items()
@@ -341,10 +350,8 @@ class ObjectDir(Node):
         return BytesFile(self._ns.catalog.product_bytes(self._record["_id"]), self._attr.mtime)
 
     def _product_readable(self) -> bool:
-        """The warehouse answers `_product.json` to a logged-in user who may read the object's
-        project (API §2), not to every reader of a release: elsewhere it is not shown."""
-        catalog = self._ns.catalog
-        return catalog.logged_in() and catalog.project_readable(self._record.get("project"))
+        """Where the warehouse does not answer `_product.json`, it is not shown."""
+        return self._ns.catalog.product_readable(self._record.get("project"))
 
     def lookup(self, name: str) -> Node:
         if name == "_info.json":
@@ -477,6 +484,10 @@ class TaskDir(Node):
     def _metadata(self) -> JsonFile:
         return JsonFile(self._task, self._attr.mtime)
 
+    def _below(self, listed: str) -> str:
+        """The task path of an entry of this directory, by the server's name."""
+        return f"{self._relpath}/{listed}" if self._relpath else listed
+
     def lookup(self, name: str) -> Node:
         if name in self._beside.metadata:
             return self._metadata()
@@ -486,8 +497,7 @@ class TaskDir(Node):
         attr = listing.attrs.get(name)
         if attr is None:
             raise NotFound(f"no such file: {name}")
-        listed = listing.listed_name(name)  # the server's name, for its requests
-        path = f"{self._relpath}/{listed}" if self._relpath else listed
+        path = self._below(listing.listed_name(name))  # the server's name, for its requests
         if attr.is_dir:
             return TaskDir(self._ns, self._task, path, attr)
         if name in listing.file_links:
@@ -498,6 +508,10 @@ class TaskDir(Node):
     def entries(self) -> list[tuple[str, Attr]]:
         # A symlinked file is listed with the link's own size, marked inexact: its real size
         # costs a request, made only when it is looked up.
-        listed = self._ns.catalog.task_listing(self._task, self._relpath).attrs.items()
+        catalog = self._ns.catalog
+        listing = catalog.task_listing(self._task, self._relpath)
+        for name, attr in listing.attrs.items():
+            if attr.is_dir:  # a walk lists each next
+                catalog.ask_ahead_task_listing(self._task, self._below(listing.listed_name(name)))
         own = [(TASK_METADATA, self._metadata().attr())] if self._beside.metadata else []
-        return own + self._beside.shown(listed)
+        return own + self._beside.shown(listing.attrs.items())

@@ -14,6 +14,7 @@ import pytest
 
 from blfs.api import Client, _listing_page, printable
 from blfs.auth import TokenStore
+from blfs.emulator.control import in_flight_peak
 from blfs.errors import (
     AccessDenied,
     BadRequest,
@@ -120,6 +121,44 @@ def test_datasets_page_by_count_across_short_pages(emulator, token, tmp_path):
     listing = requests_to(emulator, f"{WAREHOUSE}/dataset", len(pages))
     assert len(listing) == len(pages)
     assert [int(r["query"]["skip"]) for r in listing] == list(range(0, len(matching), 3))
+
+
+def test_a_listings_further_pages_are_asked_at_once_and_handed_out_in_order(
+    emulator, token, tmp_path
+):
+    find = {"removed": False}
+    one_by_one = [d["_id"] for d in make_client(emulator, token, tmp_path).datasets(find)]
+    parallel = make_client(emulator, token, tmp_path, page_size=3, parallel=4)
+    pages = -(-sum(not d["removed"] for d in emulator.db("datasets")) // 3)
+    assert pages > 8
+    emulator.set(latency=0.2)
+    emulator.clear_requests()
+    assert [d["_id"] for d in parallel.datasets(find)] == one_by_one
+    listing = requests_to(emulator, f"{WAREHOUSE}/dataset", pages)
+    assert len(listing) == pages
+    assert listing[0]["query"]["skip"] == "0"
+    # The first alone (it gives the total), then the others four at a time.
+    assert all(r["t"] >= listing[0]["end"] for r in listing[1:])
+    assert in_flight_peak(listing) == 4
+
+
+def test_a_listing_of_an_expected_size_asks_for_all_its_pages_at_once(emulator, token, tmp_path):
+    lab = project_id(emulator, "Lab Private")
+    find = {"project": lab, "removed": False}
+    one_by_one = [d["_id"] for d in make_client(emulator, token, tmp_path).datasets(find)]
+    pages = -(-len(one_by_one) // 3)
+    assert pages >= 4
+    parallel = make_client(emulator, token, tmp_path, page_size=3, parallel=pages)
+    emulator.set(latency=0.2)
+    emulator.clear_requests()
+    # The expected size may be stale: one more row than expected still comes, on its own page.
+    listed = parallel.datasets(find, expected=len(one_by_one) - 1)
+    assert [d["_id"] for d in listed] == one_by_one
+    listing = requests_to(emulator, f"{WAREHOUSE}/dataset", pages)
+    first = next(r for r in listing if r["query"]["skip"] == "0")
+    assert any(r["t"] < first["end"] for r in listing if r is not first)  # not waiting for it
+    assert in_flight_peak(listing) >= pages - 1
+    assert sorted(int(r["query"]["skip"]) for r in listing) == list(range(0, pages * 3, 3))
 
 
 def test_listed_lab_pages_are_all_empty_yet_all_asked(emulator, token, tmp_path):

@@ -122,6 +122,8 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
         (("mount", "{mnt}", "--ttl", "-1"), "not a number of seconds"),
         (("mount", "{mnt}", "--ttl", "nan"), "not a number of seconds"),
         (("demo", "{mnt}", "--ttl", "inf"), "not a number of seconds"),
+        (("mount", "{mnt}", "--ahead", "-1"), "not a number from 0 to 128"),
+        (("mount", "{mnt}", "--ahead", "many"), "not a number from 0 to 128"),
         (("prefetch", "{mnt}/no/such/path"), "does not exist"),
         (("prefetch", "{mnt}"), "not inside a blfs mount"),
         (("prefetch", "-j", "0", "{mnt}"), "parallel"),

@@ -130,12 +130,13 @@ def test_a_listing_under_40_s_latency_ends_within_one_request_timeout(mount, emu
     emulator.set(latency=40)
     started = time.monotonic()
     with pytest.raises(OSError) as caught:
-        os.listdir(mount.path / "projects")
+        # Not projects/: its list was asked for at mount, before the latency.
+        os.listdir(mount.path / "publications")
     elapsed = time.monotonic() - started
     print(f"\nlisting under 40 s latency failed after {elapsed:.1f} s")
     assert caught.value.errno in (errno.ETIMEDOUT, errno.EIO)
     assert elapsed < REQUEST_TIMEOUT * 1.6
-    asked = [r for r in emulator.requests() if r["path"] == "/api/warehouse/project"]
+    asked = [r for r in emulator.requests() if r["path"] == "/api/warehouse/pub"]
     assert len(asked) == 1  # a request that timed out is not tried again
 
 

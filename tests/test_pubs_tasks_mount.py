@@ -160,7 +160,10 @@ def _products_once(mount, emulator, root: Path, objects: list[dict]) -> None:
     for path in first + again:
         assert Path(path).read_bytes().startswith(b"{")
     log = emulator.requests()
-    assert sum(r["path"].startswith(PRODUCT) for r in log) <= len(objects)
+    # Each asked for once at most (the walk asks ahead for those of every object it lists).
+    asked = [r["path"] for r in log if r["path"].startswith(PRODUCT)]
+    assert {f"{PRODUCT}{o['_id']}" for o in objects} <= set(asked)
+    assert len(asked) == len(set(asked))
     assert not any(r["path"].startswith(DOWNLOAD) for r in log)
 
 

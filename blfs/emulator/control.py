@@ -79,9 +79,9 @@ class Emulator:
         return self._admin("DELETE", "knobs").json()
 
     def requests(self) -> list[dict]:
-        """The request log: {t, method, path, query, status, bytes} per non-admin request, in
-        order of arrival; `status` is None until answered (for ever after a hang) and `bytes`
-        counts the body once it has been sent."""
+        """The request log: {t, method, path, query, status, bytes, end} per non-admin request,
+        in order of arrival; `status` is None until answered (for ever after a hang), `bytes`
+        counts the body once it has been sent and `end` (epoch seconds, like `t`) is when it was."""
         return self._admin("GET", "log").json()
 
     def clear_requests(self) -> None:
@@ -122,6 +122,35 @@ class Emulator:
     def put_archive(self, dataset_id: str, data: bytes) -> None:
         """Replaces a dataset's stored archive; its `size` becomes what the warehouse records."""
         self._admin("PUT", f"archive/{dataset_id}", data=data)
+
+
+def in_flight_peak(entries: list[dict]) -> int:
+    """The most of `entries` (request log entries) that were being served at one moment: how
+    many requests a client had in flight at once. An entry not yet answered counts until now."""
+    events = sorted(
+        [(e["t"], 1) for e in entries] + [(e.get("end") or time.time(), -1) for e in entries],
+        key=lambda event: (event[0], event[1]),
+    )
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def round_trips(entries: list[dict], began: float, ended: float) -> int:
+    """How many of `entries` (request log entries) a reader busy from `began` to `ended` (epoch
+    seconds) waited for one after another: the longest chain of them, each starting after the
+    one before it ended. One still in flight when the reader began counts as a wait."""
+    during = sorted(
+        (e for e in entries if e.get("end") and e["end"] > began and e["t"] < ended),
+        key=lambda entry: entry["end"],
+    )
+    chain, last_end = 0, float("-inf")
+    for entry in during:
+        if entry["t"] >= last_end:
+            chain, last_end = chain + 1, entry["end"]
+    return chain
 
 
 class EmulatorProcess:

@@ -59,8 +59,9 @@ class RequestLog:
     """What was asked and answered, for tests to assert on (admin requests excluded).
 
     A request is entered when it arrives, its `status` when the answer is chosen (before any
-    body byte is sent) and its `bytes` when the body is done: a client that has seen an answer
-    finds its request in the log even while the server is still sending the tail of the body.
+    body byte is sent) and its `bytes` and `end` when the body is done: a client that has seen
+    an answer finds its request in the log even while the server is still sending the tail of
+    the body. `t` and `end` tell how many requests were in flight at once (`in_flight_peak`).
     """
 
     def __init__(self) -> None:
@@ -167,7 +168,7 @@ class Handler(BaseHTTPRequestHandler):
         if response is not None:
             log.update(entry, status=response.status)
             _, sent = self.send(request, response)
-            log.update(entry, bytes=sent)
+            log.update(entry, bytes=sent, end=time.time())
 
     def route(self, request: Request) -> Response | None:
         """The handler's response; None after a reproduced hang (the connection is dropped)."""
