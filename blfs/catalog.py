@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from blfs import bids
 from blfs.auth import claims
 from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError
 from blfs.failures import backoff
-from blfs.metacache import MetaCache
+from blfs.metacache import Keys, MetaCache
 from blfs.metastore import MetaStore
 from blfs.names import Named, id_suffix, pattern_safe, unique_names
 from blfs.nodes import Attr, json_bytes
@@ -229,9 +229,14 @@ class Catalog:
         self._unanswered: dict[str, tuple[int, float]] = {}
         self._gone_tasks: set[str] = set()  # tasks whose listing amaretti said it has not
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
+    def on_change(self, callback: Callable[[Keys], None]) -> None:
+        """Calls `callback` with the keys of a refreshed answer that differs from the one it
+        replaces and of what was made from it."""
         self._cache.on_change(callback)
+
+    def reads(self) -> contextlib.AbstractContextManager[list[Hashable]]:
+        """The keys of the answers this thread reads inside (see `MetaCache.reads`)."""
+        return self._cache.reads()
 
     def projects(self) -> Named[dict[str, Any]]:
         def build(projects: list[dict[str, Any]]) -> Named[dict[str, Any]]:

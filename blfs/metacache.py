@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -24,9 +24,30 @@ V = TypeVar("V")
 # How long an answer stays fresh: seconds, or a function of the raw answer (an answer that is
 # only a doubt is kept for a backoff, a checked one for good: see catalog.member_sizes).
 Lifetime = float | Callable[[Any], float]
+Keys = frozenset[Hashable]
 # What a failed refresh may be answered with from the last known answer: the server is out of
 # reach, or the token is expired or refused (data already known stays browsable either way).
 _SERVE_KNOWN = (RemoteError, AccessDenied)
+# The keys of the answers this thread reads, while something collects them (`MetaCache.reads`).
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def _collecting(keys: list[Hashable] | None) -> Iterator[None]:
+    """Reads by this thread go to `keys` inside (None: nowhere), then to the outer collector:
+    what an answer or a made value is built from is not what its reader read."""
+    outer = getattr(_reading, "keys", None)
+    _reading.keys = keys
+    try:
+        yield
+    finally:
+        _reading.keys = outer
+
+
+def _note(key: Hashable) -> None:
+    keys = getattr(_reading, "keys", None)
+    if keys is not None:
+        keys.append(key)
 
 
 @dataclass(frozen=True)
@@ -58,8 +79,9 @@ class MetaCache:
     once and refreshed in the background when older than the TTL. When a refresh fails because
     the server is unreachable or the token is not accepted, the last known answer is served (and
     counted fresh for another TTL) with one warning per spell; `NotFound` always propagates.
-    Subscribers (`on_change`) hear of every answer that changed on refresh, so that caches of
-    listings built from the answers (the kernel's) drop them.
+    Subscribers (`on_change`) hear the keys of the answers that changed on refresh, and of the
+    made values built from them (which are made again), so that caches of listings built from
+    those answers (the kernel's) drop just these listings.
     """
 
     def __init__(
@@ -69,12 +91,13 @@ class MetaCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
-        self._subscribers: list[Callable[[], None]] = []
+        self._subscribers: list[Callable[[Keys], None]] = []
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
         self._known: dict[Hashable, _Known[Any]] = {}
         self._inflight: dict[Hashable, Future[Any]] = {}
+        self._made_from: dict[Hashable, set[Hashable]] = {}  # an answer's key -> made values
         self._failing: type[BlfsError] | None = None
         self._background = _Background(self._refresh_quietly)
 
@@ -94,7 +117,15 @@ class MetaCache:
         TTL like an answer, never on disk."""
         return self._get(_Answer(key, make, lambda value: value, self.ttl, on_disk=False))
 
+    @contextlib.contextmanager
+    def reads(self) -> Iterator[list[Hashable]]:
+        """The keys of the answers and made values this thread reads inside, in order."""
+        keys: list[Hashable] = []
+        with _collecting(keys):
+            yield keys
+
     def _get(self, answer: _Answer[V]) -> V:
+        _note(answer.key)
         with self._lock:
             known = self._known.get(answer.key)
         if known is None and answer.on_disk:
@@ -111,13 +142,14 @@ class MetaCache:
     ) -> V | None:
         """The last known answer for `key` (in memory or on disk), fresh or not, without asking
         the server."""
+        _note(key)
         with self._lock:
             known = self._known.get(key)
         if known is None:
             known = self._from_disk(_Answer(key, None, build, self.ttl if ttl is None else ttl))
         return None if known is None else known.value
 
-    def on_change(self, callback: Callable[[], None]) -> None:
+    def on_change(self, callback: Callable[[Keys], None]) -> None:
         self._subscribers.append(callback)
 
     def _from_disk(self, answer: _Answer[V]) -> _Known[V] | None:
@@ -129,7 +161,8 @@ class MetaCache:
         if stored is None:
             return None
         try:
-            value = answer.build(stored.body)
+            with _collecting(None):
+                value = answer.build(stored.body)
             left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None  # not an answer this version of blfs can read: fetch it again
@@ -169,8 +202,10 @@ class MetaCache:
         with self._lock:
             known = self._known.get(answer.key)
         assert answer.fetch is not None
+        sources: list[Hashable] = []
         try:
-            raw = answer.fetch()
+            with _collecting(None if answer.on_disk else sources):
+                raw = answer.fetch()
         except _SERVE_KNOWN as exc:
             if known is None:
                 raise
@@ -181,13 +216,16 @@ class MetaCache:
         # Key order kept: records are shown as the server wrote them.
         text = json.dumps(raw) if answer.on_disk else ""
         digest = hash(text)
-        value = answer.build(raw)
+        with _collecting(None):
+            value = answer.build(raw)
         changed = known is not None and known.digest != digest
         with self._lock:
             expires = self._clock() + answer.lifetime_of(raw)
             self._known[answer.key] = _Known(value, digest, expires)
             if answer.on_disk:  # the server answered
                 self._failing = None
+            for source in sources:
+                self._made_from.setdefault(source, set()).add(answer.key)
         if self._store is not None and answer.on_disk:
             key = _store_key(answer.key)
             if known is None or changed:
@@ -195,9 +233,21 @@ class MetaCache:
             else:
                 self._store.touch(key)
         if changed:
-            for callback in self._subscribers:
-                callback()
+            self._changed(answer.key)
         return value
+
+    def _changed(self, key: Hashable) -> None:
+        """Tells the subscribers that `key` changed, and every value made from it, which is
+        forgotten so that it is made again from the new answer."""
+        keys, pending = [key], [key]
+        with self._lock:
+            while pending:
+                for made in self._made_from.pop(pending.pop(), ()):
+                    self._known.pop(made, None)
+                    keys.append(made)
+                    pending.append(made)
+        for callback in self._subscribers:
+            callback(frozenset(keys))
 
     def _serving_known(self, exc: BlfsError) -> None:
         """One warning per spell of failures of one kind (offline, or the token refused)."""

@@ -10,9 +10,9 @@ import stat
 import time
 from pathlib import Path
 
-from mount_fixtures import mounted
+from mount_fixtures import mounted, save_token
 from test_mount import shown_objects
-from test_walks import PROJECT
+from test_walks import PROJECT, walk
 
 from blfs.fuse_kernel import page
 from blfs.metastore import FILENAME, MetaStore
@@ -98,3 +98,57 @@ def test_a_listing_read_in_small_pages_costs_its_length_once():
     assert names == [os.fsencode(name) for name, _ in entries]
     assert paged(entries, 4096, plus=False) == names
     assert spent < 0.5, spent
+
+
+UNKNOWN_INO = 0xFFFFFFFF  # what a listing gives a file it hands by name and type only
+
+
+def product_ino(directory: Path) -> int:
+    """The number the kept listing of an object directory gives `_product.json`: unknown while
+    the listing was made before the product was (its size unknown then), else a real one."""
+    with os.scandir(directory) as entries:
+        numbers = {entry.name: entry.inode() for entry in entries}  # read to its end: kept
+    return numbers["_product.json"]
+
+
+def object_dir(root: Path, object_id: str) -> Path:
+    return root / next(line for line in walk(root).splitlines() if line.endswith(object_id))
+
+
+def test_a_metadata_change_drops_only_the_listings_showing_it(
+    scratch_emulator, user_home, tmp_path
+):
+    """A project's objects change: the listings of that project are made again, and those of
+    another project stay kept (dropping every kept listing at each change made a walk of a
+    large tree start over)."""
+    server = scratch_emulator
+    save_token(user_home, server.url, server.token())
+    cache = tmp_path / "cache"
+    changed, other = Path("projects") / "Lab Private", Path("projects") / "Open Diffusion"
+    here, there = (
+        shown_objects(server, "Lab Private")[0],
+        shown_objects(server, "Open Diffusion")[0],
+    )
+    with mounted(server.url, user_home, cache_dir=cache, ttl=600) as first:
+        relative = object_dir(first.path / changed, here["_id"]).relative_to(first.path)
+        object_dir(first.path / other, there["_id"])
+    with sqlite3.connect(cache / FILENAME) as db:  # the changed project's answer is an hour old
+        key = json.dumps(["project", here["project"]])
+        db.execute("UPDATE answers SET fetched = fetched - 3600 WHERE key = ?", (key,))
+    added = {**here, "_id": "fedcba987654321000000031"}
+    server.put_records("datasets", [added])
+    # Its refresh (in the background: the answer on disk is served first) comes in a while.
+    server.set(stall=[{"path": "/warehouse/dataset$", "after": 0, "seconds": 5, "times": 1}])
+    with mounted(server.url, user_home, cache_dir=cache, ttl=600, name="again") as mount:
+        mine = mount.path / relative
+        theirs = object_dir(mount.path / other, there["_id"])
+        kept = {mine: product_ino(mine), theirs: product_ino(theirs)}
+        assert set(kept.values()) == {UNKNOWN_INO}
+        for directory in kept:
+            (directory / "_product.json").read_bytes()  # its size is known from now on
+        deadline = time.monotonic() + 60
+        while added["_id"] not in os.listdir(mine.parent):
+            assert time.monotonic() < deadline, "the changed listing was never dropped"
+            time.sleep(0.1)
+        assert product_ino(mine) != UNKNOWN_INO  # listed again, as it shows that project
+        assert product_ino(theirs) == UNKNOWN_INO  # still the listing kept before
