@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +29,10 @@ Keys = frozenset[Hashable]
 # What a failed refresh may be answered with from the last known answer: the server is out of
 # reach, or the token is expired or refused (data already known stays browsable either way).
 _SERVE_KNOWN = (RemoteError, AccessDenied)
+# How long a reader of an answer past its TTL waits for the refresh before it is served the
+# known answer (the refresh goes on): an unreachable server never holds up a known listing.
+REFRESH_WAIT = 1.0
+REFRESH_WORKERS = 4
 # The keys of the answers this thread reads, while something collects them (`MetaCache.reads`).
 _reading = threading.local()
 
@@ -75,10 +80,12 @@ class MetaCache:
     """Answers by key, each built from a raw JSON answer of the server.
 
     Many FUSE threads asking for the same stale key cause a single fetch. An answer expired in
-    memory is refreshed before it is served; one read back from disk (a remount) is served at
-    once and refreshed in the background when older than the TTL. When a refresh fails because
-    the server is unreachable or the token is not accepted, the last known answer is served (and
-    counted fresh for another TTL) with one warning per spell; `NotFound` always propagates.
+    memory is refreshed, its reader waiting up to REFRESH_WAIT for the new one before it is
+    served the known one (the refresh goes on in the background); one read back from disk (a
+    remount) is served at once and refreshed in the background when older than the TTL. When a
+    refresh fails because the server is unreachable or the token is not accepted, the last known
+    answer is served (and counted fresh for another TTL) with one warning per spell; `NotFound`
+    always propagates.
     Subscribers (`on_change`) hear the keys of the answers that changed on refresh, and of the
     made values built from them (which are made again), so that caches of listings built from
     those answers (the kernel's) drop just these listings.
@@ -99,7 +106,7 @@ class MetaCache:
         self._inflight: dict[Hashable, Future[Any]] = {}
         self._made_from: dict[Hashable, set[Hashable]] = {}  # an answer's key -> made values
         self._failing: type[BlfsError] | None = None
-        self._background = _Background(self._refresh_quietly)
+        self._background = _Workers(REFRESH_WORKERS)
 
     def get(
         self,
@@ -132,7 +139,12 @@ class MetaCache:
             known = self._from_disk(answer)
         if known is not None and self._clock() < known.expires:
             return known.value
-        return self._shared_refresh(answer)
+        if known is None or callable(answer.lifetime):  # a doubt is asked again first
+            return self._shared_refresh(answer)
+        try:
+            return self._refreshing(answer).result(timeout=REFRESH_WAIT)
+        except FutureTimeout:
+            return known.value
 
     def known(
         self,
@@ -171,29 +183,37 @@ class MetaCache:
         with self._lock:
             known = self._known.setdefault(answer.key, _Known(value, hash(stored.text), expires))
         if grace and answer.fetch is not None:
-            self._background.submit(answer)
+            self._refreshing(answer)
         return known
 
-    def _refresh_quietly(self, answer: _Answer[Any]) -> None:
-        with contextlib.suppress(BlfsError):
-            self._shared_refresh(answer)
-
     def _shared_refresh(self, answer: _Answer[V]) -> V:
+        """The refreshed answer, made here unless another thread is making it."""
+        future, owner = self._inflight_refresh(answer)
+        if owner:
+            self._settle(answer, future)
+        return future.result()
+
+    def _refreshing(self, answer: _Answer[V]) -> Future[V]:
+        """The refresh of `answer`, in flight or started now by a background worker."""
+        future, owner = self._inflight_refresh(answer)
+        if owner:
+            self._background.run(lambda: self._settle(answer, future))
+        return future
+
+    def _inflight_refresh(self, answer: _Answer[V]) -> tuple[Future[V], bool]:
+        """The one refresh of the key in flight, and whether the caller is to make it."""
         with self._lock:
             future = self._inflight.get(answer.key)
-            owner = future is None
-            if owner:
-                future = self._inflight[answer.key] = Future()
-        if not owner:
-            return future.result()
+            if future is not None:
+                return future, False
+            future = self._inflight[answer.key] = Future()
+            return future, True
+
+    def _settle(self, answer: _Answer[V], future: Future[V]) -> None:
         try:
-            value = self._refresh(answer)
+            future.set_result(self._refresh(answer))
         except BaseException as exc:
             future.set_exception(exc)
-            raise
-        else:
-            future.set_result(value)
-            return value
         finally:
             with self._lock:
                 del self._inflight[answer.key]
@@ -262,35 +282,28 @@ class MetaCache:
             log.warning("%s: serving the known listings and cached data", reason)
 
 
-class _Background:
-    """One daemon thread refreshing answers read back from disk, each key queued once, so a
-    remount's first walk never waits for the server nor floods it."""
+class _Workers:
+    """A few daemon threads refreshing answers in the background (those read back from disk
+    by a remount's first walk, those served past their TTL), so that no reader waits for the
+    server longer than REFRESH_WAIT and the server is not flooded."""
 
-    def __init__(self, refresh: Callable[[_Answer[Any]], None]) -> None:
-        self._refresh = refresh
-        self._queue: queue.SimpleQueue[_Answer[Any]] = queue.SimpleQueue()
-        self._queued: set[Hashable] = set()
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
-    def submit(self, answer: _Answer[Any]) -> None:
+    def run(self, work: Callable[[], None]) -> None:
         with self._lock:
-            if answer.key in self._queued:
-                return
-            self._queued.add(answer.key)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="blfs-revalidate", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(answer)
+            if len(self._threads) < self._count:
+                thread = threading.Thread(target=self._serve, name="blfs-refresh", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put(work)
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
         while True:
-            answer = self._queue.get()
-            self._refresh(answer)
-            with self._lock:
-                self._queued.discard(answer.key)
+            self._queue.get()()
 
 
 def _store_key(key: Hashable) -> str:
