@@ -530,7 +530,9 @@ class Client:
         spell = self._unreachable
         if spell is not None and time.monotonic() < spell.until:
             when = time.strftime("%H:%M:%S", time.localtime(spell.retry_at))
-            raise Unreachable(f"{spell.error} (not tried again before {when})")
+            raise Unreachable(
+                f"cannot reach {self.api_url}, not tried again before {when} (last: {spell.error})"
+            )
 
     def _final(self, error: BlfsError) -> BlfsError:
         """A call's error; one that found the server unreachable makes the calls of the next
