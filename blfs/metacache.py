@@ -30,7 +30,8 @@ Keys = frozenset[Hashable]
 # reach, or the token is expired or refused (data already known stays browsable either way).
 _SERVE_KNOWN = (RemoteError, AccessDenied)
 # How long a reader of an answer past its TTL waits for the refresh before it is served the
-# known answer (the refresh goes on): an unreachable server never holds up a known listing.
+# known answer (the refresh goes on), unless the server is failing already: an unreachable server
+# never holds up a known listing.
 REFRESH_WAIT = 1.0
 REFRESH_WORKERS = 4
 # The keys of the answers this thread reads, while something collects them (`MetaCache.reads`).
@@ -141,8 +142,10 @@ class MetaCache:
             return known.value
         if known is None or callable(answer.lifetime):  # a doubt is asked again first
             return self._shared_refresh(answer)
+        # While the server fails, the known answer is served without waiting at all.
+        wait = REFRESH_WAIT if self._failing is None else 0.0
         try:
-            return self._refreshing(answer).result(timeout=REFRESH_WAIT)
+            return self._refreshing(answer).result(timeout=wait)
         except FutureTimeout:
             return known.value
 
