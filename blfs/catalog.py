@@ -348,9 +348,13 @@ class Catalog:
         url = self.project_page(project_id)
         name = project.get("name") or project_id
 
+        # A table this user may not read is not asked for: a refusal is not kept, so an offline
+        # mount would ask again, and fail the whole view.
+        table = project_id if self.participants_readable(project) else None
+
         def make() -> bids.Dataset:
             tree = self.project_tree(project_id)
-            return self._bids(name, url, project.get("desc"), tree, project_id)
+            return self._bids(name, url, project.get("desc"), tree, table)
 
         return self._cache.made(("project_bids", project_id), make)
 
