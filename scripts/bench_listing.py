@@ -58,6 +58,7 @@ def mounted(server: Emulator, home: Path, cache: Path) -> Iterator[tuple[Path, i
     point = Path(tempfile.mkdtemp(prefix="mnt", dir=home))
     TokenStore(server.url, home=home).save(server.token("demo"))
     env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+    env.update({k: v for k, v in os.environ.items() if k == "PYTHONPATH"})  # the blfs measured
     command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", server.url]
     command += ["--cache-dir", str(cache), "--ttl", "3600"]
     subprocess.run(command, check=True, env=env, timeout=120)
