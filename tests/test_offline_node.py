@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from mount_fixtures import Mount, mounted, save_token
 from test_mount import shown_objects
+from test_pubs_tasks_mount import lab_tasks
 from test_walks import PROJECT
 
 from blfs.emulator.control import Emulator, EmulatorProcess
@@ -50,23 +51,21 @@ def snapshot(root: Path, relative: list[Path], view: Path) -> Snapshot:
     return Snapshot(files, listings)
 
 
-def subject_and_view(mount: Mount) -> tuple[list[Path], Path]:
-    """The first subject of the lab project, and that subject in the project's BIDS view."""
-    lab = mount.path / PROJECT
-    subject = sorted(name for name in os.listdir(lab) if name.startswith("sub-"))[0]
-    return [PROJECT / subject, PROJECT / "bids" / subject], PROJECT / "bids"
-
-
-def prefetched(login: Callable[..., contextlib.AbstractContextManager[Mount]]) -> Snapshot:
-    """Prefetches a subject through a login node's mount of the compute node's cache; what a
-    mount of another cache shows there and in the BIDS view (so that only the prefetch fills the
-    shared cache)."""
+def prefetched(
+    login: Callable[..., contextlib.AbstractContextManager[Mount]], task: dict
+) -> Snapshot:
+    """Prefetches the first subject of the lab project and a task's outputs through a login
+    node's mount of the compute node's cache; what a mount of another cache shows there and in
+    the BIDS view (so that only the prefetch fills the shared cache)."""
     with login(name="login") as mount:
-        paths, view = subject_and_view(mount)
-        done = mount.blfs("prefetch", str(mount.path / paths[0]), timeout=300)
+        lab = mount.path / PROJECT
+        subject = sorted(name for name in os.listdir(lab) if name.startswith("sub-"))[0]
+        outputs = PROJECT / "processes" / task["instance_id"] / task["_id"]
+        paths = [PROJECT / subject, outputs]
+        done = mount.blfs("prefetch", *(str(mount.path / p) for p in paths), timeout=300)
         assert done.returncode == 0, done.stderr
     with login(name="elsewhere", cache_dir=mount.cache_dir.parent / "elsewhere") as other:
-        return snapshot(other.path, paths, view)
+        return snapshot(other.path, [*paths, PROJECT / "bids" / subject], PROJECT / "bids")
 
 
 def timed(action: Callable[[], object]) -> tuple[float, int | None]:
@@ -84,12 +83,12 @@ def unknown_paths(server: Emulator, known: Snapshot) -> list[Path]:
     """Paths the login node never looked at: other subjects' objects, publications, tasks."""
     seen = {part for path in known.files for part in path.split("/")}
     uncached = [o for o in shown_objects(server, "Lab Private") if o["_id"] not in seen][:3]
-    task = next(t for t in server.db("tasks") if t["status"] == "finished")
+    task = next(t for t in server.db("tasks") if t["_id"] not in seen)
     return [
         *(Path("objects") / o["_id"] / "_product.json" for o in uncached),
         Path("publications"),
         Path("tasks") / task["_id"] / "_task.json",
-        PROJECT / "processes",
+        PROJECT / "object-states.json",
     ]
 
 
@@ -134,9 +133,11 @@ def test_an_offline_compute_node_serves_what_the_login_node_prefetched(
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed")
     cache = tmp_path / "cache"
-    known = prefetched(functools.partial(mounted, emulator.url, user_home, cache_dir=cache))
+    login = functools.partial(mounted, emulator.url, user_home, cache_dir=cache)
+    known = prefetched(login, lab_tasks(emulator, "finished")[0])
     unknown = unknown_paths(emulator, known)
     assert any(name.endswith("/_product.json") for name in known.files)
+    assert any("/processes/" in name and "/_" not in name for name in known.files)
     started = time.monotonic()
     with mounted(
         emulator.url, user_home, cache_dir=cache, name="compute", prefix=("unshare", "-n")
@@ -218,7 +219,8 @@ def test_a_compute_node_behind_a_dropping_firewall_mounts_fast_and_never_blocks(
         try:
             server = process.emulator
             save_token(home, server.url, server.token())
-            known = prefetched(functools.partial(mounted, server.url, home, cache_dir=cache))
+            login = functools.partial(mounted, server.url, home, cache_dir=cache)
+            known = prefetched(login, lab_tasks(server, "finished")[0])
             unknown = unknown_paths(server, known)
             port = int(server.url.split(":")[2].split("/")[0])
             drop_packets_to(namespace, port)
