@@ -187,7 +187,7 @@ class MetaCache:
                 left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
             except (KeyError, TypeError, ValueError, AttributeError):
                 return None  # not an answer this version of blfs can read: fetch it again
-        _COLLECTOR.spare(stored.body)
+            _COLLECTOR.spare(stored.body)
         grace = left <= 0 and not callable(answer.lifetime)
         expires = self._clock() + (left if left > 0 else self.ttl if grace else 0.0)
         with self._lock:
@@ -248,7 +248,7 @@ class MetaCache:
         digest = hash(text)
         with _collecting(None), _COLLECTOR.paused():
             value = answer.build(raw)
-        _COLLECTOR.spare(raw)
+            _COLLECTOR.spare(raw)
         changed = known is not None and known.digest != digest
         with self._lock:
             expires = self._clock() + answer.lifetime_of(raw)
