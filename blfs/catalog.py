@@ -348,8 +348,8 @@ class Catalog:
         url = self.project_page(project_id)
         name = project.get("name") or project_id
 
-        # A table this user may not read is not asked for: a refusal is not kept, so an offline
-        # mount would ask again, and fail the whole view.
+        # A table this user may not read is not asked for: a refusal is not kept, so each view
+        # made again would ask again (offline, wait for an unreachable server first).
         table = project_id if self.participants_readable(project) else None
 
         def make() -> bids.Dataset:
