@@ -348,9 +348,9 @@ class Catalog:
         url = self.project_page(project_id)
         name = project.get("name") or project_id
 
-        # A table this user may not read is not asked for: a refusal is not kept, so each view
-        # made again would ask again (offline, wait for an unreachable server first).
-        table = project_id if self.participants_readable(project) else None
+        # A table the ACL does not let this user read is not asked for: a refusal is not kept,
+        # so each view made again would ask again (offline, wait for an unreachable server).
+        table = project_id if participants_readable(project, self._subject()) else None
 
         def make() -> bids.Dataset:
             tree = self.project_tree(project_id)
