@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -31,6 +32,7 @@ from blfs.errors import (
     NotFound,
     RemoteError,
     RemoteTimeout,
+    Unreachable,
 )
 from blfs.ids import is_object_id
 
@@ -47,8 +49,14 @@ DEFAULT_TTL = 7 * 86400.0
 REFRESH_RETRY_AFTER = 60.0
 # After a request failed all its retries, later requests get a single attempt for this long.
 DOWN_WINDOW = 30.0
-# A server that takes longer than this to accept a connection is not going to answer soon.
-CONNECT_TIMEOUT = 10.0
+# A server that takes longer than this to accept a connection is not going to answer soon (a
+# connection across an ocean takes a fraction of a second; a firewall that drops packets, for
+# ever). It is what an unreachable server costs, once per UNREACHABLE_FIRST…UNREACHABLE_MOST.
+CONNECT_TIMEOUT = 3.0
+# After a call found the server unreachable, calls fail at once for this long, doubling with each
+# such spell in a row up to UNREACHABLE_MOST: an offline mount answers from its cache at once.
+UNREACHABLE_FIRST = 5.0
+UNREACHABLE_MOST = 60.0
 # A read of a body waits for all it asks, so it asks for what the link brings in about this
 # long (at the rate seen so far), within these bounds: 1 MiB reads on a fast link cost a
 # quarter of 256 KiB ones per byte; 64 KiB ones keep the first bytes early on a slow link.
@@ -127,6 +135,17 @@ def _classify(response: requests.Response) -> _Failure:
         return _Failure(BadRequest(f"{url} failed: HTTP 400: {message}"))
     retryable = status >= 500 and not _PERMANENT.search(message)
     return _Failure(RemoteError(f"{url} failed: HTTP {status}: {message}"), retryable)
+
+
+@dataclass(frozen=True)
+class _Unreachable:
+    """A spell of the server being unreachable: when calls may try again (monotonic and
+    wall-clock time), how many spells in a row, and the error that began this one."""
+
+    until: float
+    retry_at: float
+    spells: int
+    error: Unreachable
 
 
 class Download:
@@ -212,6 +231,7 @@ class Client:
         self._refresh_lock = threading.Lock()
         self._refresh_failed_at = float("-inf")
         self._down_until = 0.0
+        self._unreachable: _Unreachable | None = None
 
     # --- warehouse ------------------------------------------------------------------------------
 
@@ -411,7 +431,7 @@ class Client:
         try:
             response = self._attempt("GET", url)
         except _Failure as exc:
-            raise exc.error from None
+            raise self._final(exc.error) from None
         with response:
             if response.status_code >= 500:
                 raise _classify(response).error
@@ -516,6 +536,7 @@ class Client:
         calls then get one attempt each, so an offline mount answers from its cache at once.
         """
         query = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()}
+        self._refuse_while_unreachable()
         retries = 0 if time.monotonic() < self._down_until else self.retries
         deadline = time.monotonic() + self.timeout
         for attempt in range(retries + 1):
@@ -526,20 +547,41 @@ class Client:
                 )
                 if response.ok:
                     self._down_until = 0.0
+                    self._unreachable = None
                     return response
                 failure = _classify(response)
                 response.close()
             except _Failure as exc:
                 failure = exc
             if not failure.retryable:
-                raise failure.error
+                raise self._final(failure.error)
             delay = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
             if attempt == retries or time.monotonic() + delay >= deadline:
                 self._down_until = time.monotonic() + DOWN_WINDOW
-                raise failure.error
+                raise self._final(failure.error)
             log.info("%s (retry %d of %d in %.1f s)", failure, attempt + 1, retries, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _refuse_while_unreachable(self) -> None:
+        """Fails at once while the server counts as unreachable (see `_final`)."""
+        spell = self._unreachable
+        if spell is not None and time.monotonic() < spell.until:
+            when = time.strftime("%H:%M:%S", time.localtime(spell.retry_at))
+            raise Unreachable(
+                f"cannot reach {self.api_url}, not tried again before {when} (last: {spell.error})"
+            )
+
+    def _final(self, error: BlfsError) -> BlfsError:
+        """A call's error; one that found the server unreachable makes the calls of the next
+        while fail at once (UNREACHABLE_FIRST, doubling with each spell in a row), so that an
+        unreachable server costs one connect timeout per spell, not one per call."""
+        if isinstance(error, Unreachable):
+            spells = self._unreachable.spells + 1 if self._unreachable is not None else 1
+            window = min(UNREACHABLE_FIRST * 2 ** (spells - 1), UNREACHABLE_MOST)
+            until = time.monotonic() + window
+            self._unreachable = _Unreachable(until, time.time() + window, spells, error)
+        return error
 
     def _attempt_timeout(self, deadline: float, stream: bool) -> tuple[float, float]:
         """(connect, read) timeouts of one attempt: what is left of the call's timeout. A stream's
@@ -553,14 +595,22 @@ class Client:
         kwargs.setdefault("timeout", (min(self.timeout, CONNECT_TIMEOUT), self.timeout))
         try:
             response = self._session.request(method, url, **kwargs)
+        except requests.ConnectTimeout as exc:
+            # Not retried: a server that lets connections hang costs a connect timeout each.
+            waited = kwargs["timeout"][0]
+            error: BlfsError = Unreachable(
+                f"{shown}: cannot reach the server (no connection within {waited:.3g} s)"
+            )
+            raise _Failure(error) from exc
         except requests.Timeout as exc:
             waited = kwargs["timeout"][1]
-            error: BlfsError = RemoteTimeout(f"{shown}: no answer within {waited:.3g} s")
+            error = RemoteTimeout(f"{shown}: no answer within {waited:.3g} s")
             raise _Failure(error, retryable=True) from exc
         except requests.exceptions.SSLError as exc:
             raise _Failure(BlfsError(_tls_failure(url, exc))) from exc
         except requests.RequestException as exc:
-            error = RemoteError(f"{shown}: cannot reach the server ({type(exc).__name__})")
+            kind = Unreachable if _refused(exc) else RemoteError
+            error = kind(f"{shown}: cannot reach the server ({type(exc).__name__})")
             raise _Failure(error, retryable=True) from exc
         log.debug("%s %s → %d", method, printable(response.url), response.status_code)
         return response
@@ -633,6 +683,13 @@ def _expiry(token: str, tokens: TokenStore | None) -> tuple[float, float]:
         where = f" in {tokens.path}" if tokens else ""
         raise AccessDenied(f"the brainlife token{where} is unreadable: {LOGIN_HINT}") from exc
     return exp, lifetime
+
+
+def _refused(exc: requests.RequestException) -> bool:
+    """Whether no connection could be made at all (refused, no route, no such host), as
+    against one that broke once made."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _is_health(response: requests.Response) -> bool:

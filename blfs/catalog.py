@@ -22,7 +22,7 @@ from blfs.ahead import Ahead
 from blfs.auth import claims
 from blfs.errors import AccessDenied, BlfsError, NotFound, RemoteError
 from blfs.failures import backoff
-from blfs.metacache import MetaCache
+from blfs.metacache import Keys, MetaCache
 from blfs.metastore import MetaStore
 from blfs.names import Named, id_suffix, pattern_safe, unique_names
 from blfs.nodes import Attr, json_bytes
@@ -322,9 +322,14 @@ class Catalog:
         if self.product_readable(record.get("project")):
             self.product_bytes(str(record["_id"]))
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Calls `callback` whenever a refreshed answer differs from the one it replaces."""
+    def on_change(self, callback: Callable[[Keys], None]) -> None:
+        """Calls `callback` with the keys of a refreshed answer that differs from the one it
+        replaces and of what was made from it."""
         self._cache.on_change(callback)
+
+    def reads(self) -> contextlib.AbstractContextManager[list[Hashable]]:
+        """The keys of the answers this thread reads inside (see `MetaCache.reads`)."""
+        return self._cache.reads()
 
     def projects(self) -> Named[dict[str, Any]]:
         def build(projects: list[dict[str, Any]]) -> Named[dict[str, Any]]:
@@ -449,9 +454,13 @@ class Catalog:
         url = self.project_page(project_id)
         name = project.get("name") or project_id
 
+        # A table the ACL does not let this user read is not asked for: a refusal is not kept,
+        # so each view made again would ask again (offline, wait for an unreachable server).
+        table = project_id if participants_readable(project, self._subject()) else None
+
         def make() -> bids.Dataset:
             tree = self.project_tree(project_id)
-            return self._bids(name, url, project.get("desc"), tree, project_id)
+            return self._bids(name, url, project.get("desc"), tree, table)
 
         return self._cache.made(("project_bids", project_id), make)
 

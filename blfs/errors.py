@@ -29,8 +29,14 @@ class BadRequest(RemoteError):
     """The server refused the request itself (HTTP 400): asking again cannot help."""
 
 
+class Unreachable(RemoteError):
+    """No connection to the server could be made (refused, no route, or no answer to
+    connecting): the network of this host, not the thing asked for."""
+
+
 class RemoteTimeout(RemoteError):
-    errno = errno.ETIMEDOUT
+    """The server took too long to answer: EIO, as for every failure of the server or the
+    network (README)."""
 
 
 class BadArchive(BlfsError):

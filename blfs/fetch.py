@@ -24,7 +24,7 @@ import cachetools
 
 from blfs.archive import Archive, JournalReader, JournalWriter, Tree, relative
 from blfs.cache import DATA, INDEX, JOURNAL, Cache, Pin, object_key, task_key
-from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError
+from blfs.errors import AccessDenied, BadArchive, BlfsError, CacheFull, RemoteError, Unreachable
 from blfs.extract import ArchiveStream, CountingReader, Member
 from blfs.failures import FIRST_BACKOFF, MAX_BACKOFF
 from blfs.item import CHUNK, Cancelled, FileHandle, GrowingFile, Item, Source
@@ -41,8 +41,10 @@ _KEPT_MEMBERS = 4_096  # members of committed objects' trees kept for listings (
 _KEPT_FAILURES = 20  # recent failures shown by progress()
 _FOLLOW_POLL = 0.05  # how often a follower looks at another process's download
 _CHECKED_NOTE = 0.5  # seconds between a takeover's notes to the other followers while it checks
-# Failures a later attempt may well not repeat, so they are not held against the key.
-_NOT_REMEMBERED = (AccessDenied, CacheFull, Cancelled)
+# Failures a later attempt may well not repeat, so they are not held against the key; nor is a
+# server this host cannot reach (the cache's failure records are shared by every host using it,
+# and the client itself fails at once while the server counts as unreachable).
+_NOT_REMEMBERED = (AccessDenied, CacheFull, Cancelled, Unreachable)
 
 
 class Download(Protocol):

@@ -13,7 +13,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import mfusepy
@@ -116,20 +116,22 @@ class BlfsOperations(mfusepy.Operations):
         return self.listing(path)[0]
 
     @_errno_mapped
-    def listing(self, path: str) -> tuple[list[tuple[str, dict[str, int], int]], bool]:
-        """Entries with their full attributes where exact, else with their type only; and
-        whether the listing may be kept."""
-        entries, stable = self._namespace.listing(path)
+    def listing(
+        self, path: str
+    ) -> tuple[list[tuple[str, dict[str, int], int]], bool, frozenset[Hashable]]:
+        """Entries with their full attributes where exact, else with their type only; whether
+        the listing may be kept; and what it shows (the keys `on_metadata_change` names)."""
+        entries, stable, sources = self._namespace.listing(path)
         here = {"st_mode": stat.S_IFDIR}
         described = [(".", here, 0), ("..", here, 0)]
         for name, attr in entries:
             exact = self._stat(attr) if attr.exact else {"st_mode": _mode(attr, self._shared)}
             described.append((name, exact, 0))
-        return described, stable
+        return described, stable, sources
 
-    def on_metadata_change(self, callback: Callable[[], None]) -> None:
-        """Calls `callback` whenever metadata behind some listing changed: listings kept
-        elsewhere (the kernel's) are stale then."""
+    def on_metadata_change(self, callback: Callable[[frozenset[Hashable]], None]) -> None:
+        """Calls `callback` with what changed whenever metadata behind some listing changed:
+        the listings kept elsewhere (the kernel's) that show it are stale then."""
         self._namespace.on_change(callback)
 
     @_errno_mapped

@@ -5,13 +5,15 @@ and the last known answer served while the server cannot give a new one (DESIGN 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,9 +26,37 @@ V = TypeVar("V")
 # How long an answer stays fresh: seconds, or a function of the raw answer (an answer that is
 # only a doubt is kept for a backoff, a checked one for good: see catalog.member_sizes).
 Lifetime = float | Callable[[Any], float]
+Keys = frozenset[Hashable]
 # What a failed refresh may be answered with from the last known answer: the server is out of
 # reach, or the token is expired or refused (data already known stays browsable either way).
 _SERVE_KNOWN = (RemoteError, AccessDenied)
+# How long a reader of an answer past its TTL waits for the refresh before it is served the
+# known answer (the refresh goes on), unless the server is failing already: an unreachable server
+# never holds up a known listing.
+REFRESH_WAIT = 1.0
+REFRESH_WORKERS = 4
+# An answer of this many rows or more is large (see `_Collector`).
+LARGE_ANSWER = 1000
+# The keys of the answers this thread reads, while something collects them (`MetaCache.reads`).
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def _collecting(keys: list[Hashable] | None) -> Iterator[None]:
+    """Reads by this thread go to `keys` inside (None: nowhere), then to the outer collector:
+    what an answer or a made value is built from is not what its reader read."""
+    outer = getattr(_reading, "keys", None)
+    _reading.keys = keys
+    try:
+        yield
+    finally:
+        _reading.keys = outer
+
+
+def _note(key: Hashable) -> None:
+    keys = getattr(_reading, "keys", None)
+    if keys is not None:
+        keys.append(key)
 
 
 @dataclass(frozen=True)
@@ -54,12 +84,15 @@ class MetaCache:
     """Answers by key, each built from a raw JSON answer of the server.
 
     Many FUSE threads asking for the same stale key cause a single fetch. An answer expired in
-    memory is refreshed before it is served; one read back from disk (a remount) is served at
-    once and refreshed in the background when older than the TTL. When a refresh fails because
-    the server is unreachable or the token is not accepted, the last known answer is served (and
-    counted fresh for another TTL) with one warning per spell; `NotFound` always propagates.
-    Subscribers (`on_change`) hear of every answer that changed on refresh, so that caches of
-    listings built from the answers (the kernel's) drop them.
+    memory is refreshed, its reader waiting up to REFRESH_WAIT for the new one before it is
+    served the known one (the refresh goes on in the background); one read back from disk (a
+    remount) is served at once and refreshed in the background when older than the TTL. When a
+    refresh fails because the server is unreachable or the token is not accepted, the last known
+    answer is served (and counted fresh for another TTL) with one warning per spell; `NotFound`
+    always propagates.
+    Subscribers (`on_change`) hear the keys of the answers that changed on refresh, and of the
+    made values built from them (which are made again), so that caches of listings built from
+    those answers (the kernel's) drop just these listings.
     """
 
     def __init__(
@@ -69,14 +102,15 @@ class MetaCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
-        self._subscribers: list[Callable[[], None]] = []
+        self._subscribers: list[Callable[[Keys], None]] = []
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
         self._known: dict[Hashable, _Known[Any]] = {}
         self._inflight: dict[Hashable, Future[Any]] = {}
+        self._made_from: dict[Hashable, set[Hashable]] = {}  # an answer's key -> made values
         self._failing: type[BlfsError] | None = None
-        self._background = _Background(self._refresh_quietly)
+        self._background = _Workers(REFRESH_WORKERS)
 
     def get(
         self,
@@ -94,14 +128,29 @@ class MetaCache:
         TTL like an answer, never on disk."""
         return self._get(_Answer(key, make, lambda value: value, self.ttl, on_disk=False))
 
+    @contextlib.contextmanager
+    def reads(self) -> Iterator[list[Hashable]]:
+        """The keys of the answers and made values this thread reads inside, in order."""
+        keys: list[Hashable] = []
+        with _collecting(keys):
+            yield keys
+
     def _get(self, answer: _Answer[V]) -> V:
+        _note(answer.key)
         with self._lock:
             known = self._known.get(answer.key)
         if known is None and answer.on_disk:
             known = self._from_disk(answer)
         if known is not None and self._clock() < known.expires:
             return known.value
-        return self._shared_refresh(answer)
+        if known is None or callable(answer.lifetime):  # a doubt is asked again first
+            return self._shared_refresh(answer)
+        # While the server fails, the known answer is served without waiting at all.
+        wait = REFRESH_WAIT if self._failing is None else 0.0
+        try:
+            return self._refreshing(answer).result(timeout=wait)
+        except FutureTimeout:
+            return known.value
 
     def known(
         self,
@@ -111,13 +160,14 @@ class MetaCache:
     ) -> V | None:
         """The last known answer for `key` (in memory or on disk), fresh or not, without asking
         the server."""
+        _note(key)
         with self._lock:
             known = self._known.get(key)
         if known is None:
             known = self._from_disk(_Answer(key, None, build, self.ttl if ttl is None else ttl))
         return None if known is None else known.value
 
-    def on_change(self, callback: Callable[[], None]) -> None:
+    def on_change(self, callback: Callable[[Keys], None]) -> None:
         self._subscribers.append(callback)
 
     def _from_disk(self, answer: _Answer[V]) -> _Known[V] | None:
@@ -125,42 +175,55 @@ class MetaCache:
         it counts fresh for one more while a background refresh runs (if it can be fetched).
         One whose lifetime depends on it (a doubt, kept only for a backoff) is never served
         past its lifetime: it is asked again first."""
-        stored = self._store.load(_store_key(answer.key)) if self._store is not None else None
-        if stored is None:
+        if self._store is None:
             return None
-        try:
-            value = answer.build(stored.body)
-            left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None  # not an answer this version of blfs can read: fetch it again
+        with _COLLECTOR.paused():  # what is read and built here is kept: nothing to collect
+            stored = self._store.load(_store_key(answer.key))
+            if stored is None:
+                return None
+            try:
+                with _collecting(None):
+                    value = answer.build(stored.body)
+                left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return None  # not an answer this version of blfs can read: fetch it again
+            _COLLECTOR.spare(stored.body)
         grace = left <= 0 and not callable(answer.lifetime)
         expires = self._clock() + (left if left > 0 else self.ttl if grace else 0.0)
         with self._lock:
             known = self._known.setdefault(answer.key, _Known(value, hash(stored.text), expires))
         if grace and answer.fetch is not None:
-            self._background.submit(answer)
+            self._refreshing(answer)
         return known
 
-    def _refresh_quietly(self, answer: _Answer[Any]) -> None:
-        with contextlib.suppress(BlfsError):
-            self._shared_refresh(answer)
-
     def _shared_refresh(self, answer: _Answer[V]) -> V:
+        """The refreshed answer, made here unless another thread is making it."""
+        future, owner = self._inflight_refresh(answer)
+        if owner:
+            self._settle(answer, future)
+        return future.result()
+
+    def _refreshing(self, answer: _Answer[V]) -> Future[V]:
+        """The refresh of `answer`, in flight or started now by a background worker."""
+        future, owner = self._inflight_refresh(answer)
+        if owner:
+            self._background.run(lambda: self._settle(answer, future))
+        return future
+
+    def _inflight_refresh(self, answer: _Answer[V]) -> tuple[Future[V], bool]:
+        """The one refresh of the key in flight, and whether the caller is to make it."""
         with self._lock:
             future = self._inflight.get(answer.key)
-            owner = future is None
-            if owner:
-                future = self._inflight[answer.key] = Future()
-        if not owner:
-            return future.result()
+            if future is not None:
+                return future, False
+            future = self._inflight[answer.key] = Future()
+            return future, True
+
+    def _settle(self, answer: _Answer[V], future: Future[V]) -> None:
         try:
-            value = self._refresh(answer)
+            future.set_result(self._refresh(answer))
         except BaseException as exc:
             future.set_exception(exc)
-            raise
-        else:
-            future.set_result(value)
-            return value
         finally:
             with self._lock:
                 del self._inflight[answer.key]
@@ -169,8 +232,10 @@ class MetaCache:
         with self._lock:
             known = self._known.get(answer.key)
         assert answer.fetch is not None
+        sources: list[Hashable] = []
         try:
-            raw = answer.fetch()
+            with _collecting(None if answer.on_disk else sources):
+                raw = answer.fetch()
         except _SERVE_KNOWN as exc:
             if known is None:
                 raise
@@ -181,13 +246,17 @@ class MetaCache:
         # Key order kept: records are shown as the server wrote them.
         text = json.dumps(raw) if answer.on_disk else ""
         digest = hash(text)
-        value = answer.build(raw)
+        with _collecting(None), _COLLECTOR.paused():
+            value = answer.build(raw)
+            _COLLECTOR.spare(raw)
         changed = known is not None and known.digest != digest
         with self._lock:
             expires = self._clock() + answer.lifetime_of(raw)
             self._known[answer.key] = _Known(value, digest, expires)
             if answer.on_disk:  # the server answered
                 self._failing = None
+            for source in sources:
+                self._made_from.setdefault(source, set()).add(answer.key)
         if self._store is not None and answer.on_disk:
             key = _store_key(answer.key)
             if known is None or changed:
@@ -195,9 +264,21 @@ class MetaCache:
             else:
                 self._store.touch(key)
         if changed:
-            for callback in self._subscribers:
-                callback()
+            self._changed(answer.key)
         return value
+
+    def _changed(self, key: Hashable) -> None:
+        """Tells the subscribers that `key` changed, and every value made from it, which is
+        forgotten so that it is made again from the new answer."""
+        keys, pending = [key], [key]
+        with self._lock:
+            while pending:
+                for made in self._made_from.pop(pending.pop(), ()):
+                    self._known.pop(made, None)
+                    keys.append(made)
+                    pending.append(made)
+        for callback in self._subscribers:
+            callback(frozenset(keys))
 
     def _serving_known(self, exc: BlfsError) -> None:
         """One warning per spell of failures of one kind (offline, or the token refused)."""
@@ -212,35 +293,67 @@ class MetaCache:
             log.warning("%s: serving the known listings and cached data", reason)
 
 
-class _Background:
-    """One daemon thread refreshing answers read back from disk, each key queued once, so a
-    remount's first walk never waits for the server nor floods it."""
+class _Workers:
+    """A few daemon threads refreshing answers in the background (those read back from disk
+    by a remount's first walk, those served past their TTL), so that no reader waits for the
+    server longer than REFRESH_WAIT and the server is not flooded."""
 
-    def __init__(self, refresh: Callable[[_Answer[Any]], None]) -> None:
-        self._refresh = refresh
-        self._queue: queue.SimpleQueue[_Answer[Any]] = queue.SimpleQueue()
-        self._queued: set[Hashable] = set()
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
-    def submit(self, answer: _Answer[Any]) -> None:
+    def run(self, work: Callable[[], None]) -> None:
         with self._lock:
-            if answer.key in self._queued:
-                return
-            self._queued.add(answer.key)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="blfs-revalidate", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(answer)
+            if len(self._threads) < self._count:
+                thread = threading.Thread(target=self._serve, name="blfs-refresh", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put(work)
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
         while True:
-            answer = self._queue.get()
-            self._refresh(answer)
+            self._queue.get()()
+
+
+class _Collector:
+    """Keeps Python's cyclic garbage collector off the metadata. Large answers, and what is
+    built from them, live long and hold no reference cycles, yet every full pass of the
+    collector scans them: with 40,000 objects' records in memory, those passes made listing
+    30,000 entries cost twice the listing's own work, and reading the records back after a
+    remount half as much again. So the collector pauses while an answer is read and built
+    (nothing made there is garbage), and once a large one is built, its passes stop scanning
+    what is alive (`gc.freeze`, after a collection, so that no cycle is kept for good);
+    refcounting still frees an answer when it is replaced."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pauses = 0
+        self._was_enabled = True
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        with self._lock:
+            if self._pauses == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._pauses += 1
+        try:
+            yield
+        finally:
             with self._lock:
-                self._queued.discard(answer.key)
+                self._pauses -= 1
+                if self._pauses == 0 and self._was_enabled:
+                    gc.enable()
+
+    def spare(self, raw: Any) -> None:
+        if isinstance(raw, list) and len(raw) >= LARGE_ANSWER:
+            gc.collect()
+            gc.freeze()
+
+
+_COLLECTOR = _Collector()
 
 
 def _store_key(key: Hashable) -> str:

@@ -18,6 +18,7 @@ from blfs.bids_nodes import BidsDir
 from blfs.catalog import Catalog, archive_length, is_finished
 from blfs.errors import NotFound, SizeMismatch
 from blfs.ids import is_object_id
+from blfs.metacache import Keys
 from blfs.names import Named, id_suffix, unique_names
 from blfs.nodes import (
     Attr,
@@ -97,9 +98,15 @@ class Namespace:
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
         return self._resolve(path).entries()
 
-    def listing(self, path: str) -> tuple[list[tuple[str, Attr]], bool]:
-        """The directory's entries, and whether a listing of it may be kept (see Node)."""
-        return self._resolve(path).listing()
+    def listing(self, path: str) -> tuple[list[tuple[str, Attr]], bool, Keys]:
+        """The directory's entries, whether a listing of it may be kept (see Node), and the
+        keys of the answers it shows (for `on_change`): those it read, and the last one that
+        found the directory (a branch of a project's tree reads nothing more of its own)."""
+        with self.catalog.reads() as resolved:
+            node = self._resolve(path)
+        with self.catalog.reads() as read:
+            entries, stable = node.listing()
+        return entries, stable, frozenset([*resolved[-1:], *read])
 
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
@@ -111,8 +118,9 @@ class Namespace:
             known = self._info_sizes[record["_id"]] = (record, json_size(record))
         return known[1]
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Calls `callback` whenever a metadata answer behind some listing changed."""
+    def on_change(self, callback: Callable[[Keys], None]) -> None:
+        """Calls `callback` with the keys of the metadata answers that changed (as `listing`
+        names them)."""
         self.catalog.on_change(callback)
 
     def _resolve(self, path: str) -> Node:

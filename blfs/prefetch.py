@@ -1,9 +1,12 @@
-"""`blfs prefetch`: fetch every object under some mounted paths ahead of use, several at a time.
+"""`blfs prefetch`: fetch every object under some mounted paths ahead of use, several at a time,
+and leave everything under them usable offline (DESIGN §3: a login node prefetches, compute nodes
+without internet read): every directory listed, each object's archive and `_product.json`, every
+other file read (task outputs, participant tables, …), and the project's `bids/` view listed.
 
-It works through the mount, so the mount's one-download-per-object rule, its cache and its
-credentials apply unchanged, and an interrupted run simply leaves fewer objects cached. It says
-before it starts when the objects will not all fit in the cache, and at the end what the bound
-evicted again.
+It works through the mount, so the mount's one-download-per-object rule, its cache, its metadata
+store and its credentials apply unchanged, and an interrupted run simply leaves fewer objects
+cached. It says before it starts when the objects will not all fit in the cache, and at the end
+what the bound evicted again.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -24,6 +28,7 @@ from blfs import mounting, status
 from blfs.cache import object_key, settled
 from blfs.errors import BlfsError
 from blfs.ids import is_object_id
+from blfs.namespace import OBJECT_METADATA
 from blfs.units import human
 
 _STILL_RUNNING = (errno.EINTR, errno.EAGAIN)  # a wait never times out while bytes come
@@ -35,29 +40,68 @@ def is_object_dir(path: Path) -> bool:
     return is_object_id(path.name) and (path / "_info.json").exists()
 
 
-def find_objects(roots: list[Path]) -> list[Path]:
-    """Object directories under the roots; never descends into one."""
-    found: list[Path] = []
-    pending = list(roots)
+def is_bids_view(path: Path) -> bool:
+    """The `bids/` view of a project or a release: its data files are the objects' members."""
+    project_or_release = (path.parent / "project.json").exists() or (
+        path.parent.parent / "publication.json"
+    ).exists()
+    return path.name == "bids" and project_or_release
+
+
+@dataclass
+class Found:
+    """What lies under some paths: object directories (never entered: listing one fetches it),
+    and the other files, outside BIDS views, to read."""
+
+    objects: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def find_objects(roots: list[Path]) -> Found:
+    """Lists every directory under the roots (so its listing is kept for offline use), finds the
+    object directories and the files to read; BIDS views are listed, their files not read."""
+    found = Found()
+    pending = [(root, False) for root in roots]
     while pending:
-        path = pending.pop()
+        path, in_view = pending.pop()
         if is_object_dir(path):
-            found.append(path)
+            found.objects.append(path)
             continue
+        in_view = in_view or is_bids_view(path)
         with os.scandir(path) as entries:
-            pending.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
-    return sorted(set(found))
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((Path(entry.path), in_view))
+                elif not in_view:
+                    found.files.append(Path(entry.path))
+    found.objects = sorted(set(found.objects))
+    found.files = sorted(set(found.files))
+    return found
 
 
-def objects_at(path: Path) -> list[Path]:
-    """The object directories a path in a mount names: the one holding it (a file or directory
-    inside an object), else those under it."""
+def views_showing(path: Path, mountpoint: str) -> list[Path]:
+    """The `bids/` view of the project or release that `path` lies below: the view shows the
+    objects found there (a walk of the project or release itself, or of its view, covers it)."""
+    path = path.resolve()
+    top = mountpoint.rstrip("/") + "/"
+    for parent in path.parents:
+        if not str(parent).startswith(top):
+            return []
+        view = parent / "bids"
+        if is_bids_view(view):
+            return [] if view == path or view in path.parents else [view]
+    return []
+
+
+def objects_at(path: Path, mountpoint: str) -> Found:
+    """What a path in a mount names: the object holding it (a file or directory inside an
+    object), else what lies under it and in the BIDS view that shows it."""
     for candidate in (path, *path.parents):
         if is_object_dir(candidate):
-            return [candidate]
+            return Found(objects=[candidate])
     if not path.is_dir():
         raise BlfsError(f"{path} is a file outside any data-object (nothing to fetch)")
-    return find_objects([path])
+    return find_objects([path, *views_showing(path, mountpoint)])
 
 
 def mount_of(path: Path) -> dict[str, Any]:
@@ -171,16 +215,29 @@ def _size_hint(path: Path) -> int:
         return 0
 
 
-def _fetch(job: _Job, run: _Run) -> None:
-    """Lists the object (which fetches it) until its download has finished or failed."""
+def _until_done(action: Callable[[], object]) -> str | None:
+    """Runs `action` (a read through the mount) until it is not interrupted; its error, if any."""
     while True:
         try:
-            os.listdir(job.path)
-            break
+            action()
+            return None
         except OSError as exc:
             if exc.errno not in _STILL_RUNNING:
-                job.error = os.strerror(exc.errno or errno.EIO)
-                break
+                return os.strerror(exc.errno or errno.EIO)
+
+
+def _read(path: Path) -> None:
+    with open(path, "rb") as file:
+        while file.read(1 << 20):
+            pass
+
+
+def _fetch(job: _Job, run: _Run) -> None:
+    """Lists the object (which fetches it) until its download has finished or failed; reads its
+    metadata files (`_product.json` is asked of the server once, then kept)."""
+    job.error = _until_done(lambda: os.listdir(job.path))
+    for name in OBJECT_METADATA:
+        job.error = job.error or _until_done(lambda name=name: _read(job.path / name))
     while not job.error and not settled(job.cache_dir, job.key):
         time.sleep(0.05)  # the listing came once verified; the commit follows
     with run.lock:
@@ -188,15 +245,30 @@ def _fetch(job: _Job, run: _Run) -> None:
     run.finished.put(job)
 
 
-def _jobs(paths: list[Path]) -> tuple[list[_Job], list[str]]:
-    """The objects under the paths, each with the cache it goes into; the mountpoints."""
+def _jobs(paths: list[Path]) -> tuple[list[_Job], list[Path], list[str]]:
+    """The objects under the paths, each with the cache it goes into; the other files to read;
+    the mountpoints. Listing the BIDS views that show the objects is part of finding them."""
     mounts = {path: mount_of(path) for path in paths}
-    jobs = {}
+    jobs, files = {}, set()
     for path, record in mounts.items():
-        for found in objects_at(path):
-            jobs[found] = _Job(found, _size_hint(found), Path(record["cache_dir"]))
+        found = objects_at(path, record["mountpoint"])
+        for object_dir in found.objects:
+            jobs[object_dir] = _Job(object_dir, _size_hint(object_dir), Path(record["cache_dir"]))
+        files.update(found.files)
     mountpoints = [record["mountpoint"] for record in mounts.values()]
-    return sorted(jobs.values(), key=lambda job: job.path), list(dict.fromkeys(mountpoints))
+    ordered = sorted(jobs.values(), key=lambda job: job.path)
+    return ordered, sorted(files), list(dict.fromkeys(mountpoints))
+
+
+def _read_files(files: list[Path], parallel: int, output: _Output) -> int:
+    """Reads the files (task outputs, participant tables, …) so the mount keeps them; says
+    which could not be read, and returns how many."""
+    with ThreadPoolExecutor(parallel) as pool:
+        errors = list(pool.map(lambda path: _until_done(lambda: _read(path)), files))
+    failed = [(path, error) for path, error in zip(files, errors, strict=True) if error]
+    for path, error in failed:
+        output.failed(f"{path}  failed: {error}")
+    return len(failed)
 
 
 def _bounds(jobs: list[_Job]) -> list[_Bound]:
@@ -234,6 +306,10 @@ class _Output:
         if job.error or self.verbosity > 0:
             self._line(job.verdict())
 
+    def failed(self, line: str) -> None:
+        """What could not be read, said whatever the verbosity."""
+        self._line(line)
+
     def progress(self, run: _Run, last: bool = False) -> None:
         if self.verbosity < 0:
             return
@@ -247,14 +323,15 @@ class _Output:
 def prefetch(
     paths: list[Path], parallel: int = 4, out: TextIO = sys.stderr, verbosity: int = 0
 ) -> int:
-    """Fetches every object under the paths (or holding them), which must lie in blfs mounts;
-    returns how many failed.
+    """Fetches every object under the paths (or holding them), which must lie in blfs mounts, and
+    reads every other file under them; returns how many failed.
 
     Workers are daemon threads, so Ctrl-C ends the command at once; the mount finishes or drops
     the downloads already started, and a re-run skips what is cached. Only this thread writes.
     """
     output = _Output(out, verbosity)
-    jobs, mountpoints = _jobs(paths)
+    jobs, files, mountpoints = _jobs(paths)
+    failed_files = _read_files(files, parallel, output)
     bounds = _bounds(jobs)
     for bound in bounds:
         output.warn(filter(None, [bound.warning_before()]))
@@ -283,4 +360,4 @@ def prefetch(
     output.progress(run, last=True)
     for bound in bounds:
         output.warn(bound.report_after())
-    return sum(1 for job in run.jobs if job.error)
+    return failed_files + sum(1 for job in run.jobs if job.error)

@@ -133,15 +133,17 @@ def mounted(
     ttl: float = 60.0,
     extra: tuple[str, ...] = (),
     name: str = "mnt",
+    prefix: tuple[str, ...] = (),
 ) -> Iterator[Mount]:
-    """Mounts blfs in the foreground in a subprocess; unmounts whatever happens."""
+    """Mounts blfs in the foreground in a subprocess (run by `prefix`, e.g. in another network
+    namespace); unmounts whatever happens."""
     require_fuse()
     path = home / name
     path.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir or home / "cache"
     log_path = home / f"{name}.log"
     command = [
-        sys.executable, "-m", "blfs", "mount", str(path), "--foreground",
+        *prefix, sys.executable, "-m", "blfs", "mount", str(path), "--foreground",
         "--api", api_url, "--cache-dir", str(cache_dir), "--ttl", str(ttl), *extra,
     ]  # fmt: skip
     with open(log_path, "wb") as log_file:

@@ -3,6 +3,7 @@ retries and timeouts (DESIGN §4, §7; API §0–§5)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import tarfile
 import threading
@@ -438,6 +439,22 @@ def test_an_unreachable_server_is_a_remote_error(tmp_path):
     client = Client("http://127.0.0.1:9/api", timeout=1, retries=1)
     with pytest.raises(RemoteError, match="cannot reach"):
         client.pubs()
+
+
+def test_an_unreachable_server_is_not_asked_again_for_a_while(tmp_path):
+    """One call finds it unreachable (after its retries); the next ones fail at once, EIO."""
+    client = Client("http://127.0.0.1:9/api", timeout=5, retries=3)
+    started = time.monotonic()
+    with pytest.raises(RemoteError) as first:
+        client.pubs()
+    tried = time.monotonic() - started
+    started = time.monotonic()
+    for call in (client.pubs, client.projects, client.datatypes):
+        with pytest.raises(RemoteError, match="not tried again before") as caught:
+            call()
+        assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < tried / 2, tried
+    assert first.value.errno == errno.EIO
 
 
 def test_the_token_never_appears_in_errors_or_logs(emulator, token, tmp_path, caplog):

@@ -715,3 +715,24 @@ def test_a_bids_listing_may_be_kept_once_every_data_file_in_it_is_known(ns):
         time.sleep(0.1)
     for name, attr in ns.listing(anat)[0]:  # every size known now, and handed with the listing
         assert attr.exact and attr.size == len(read_all(ns, f"{anat}/{name}")), name
+
+
+def test_a_known_listing_past_its_ttl_is_served_while_a_slow_refresh_goes_on(emulator, tmp_path):
+    ns = make_namespace(emulator.url, tmp_path, emulator.token(), ttl=0.2)
+    known = ns.readdir("/projects")
+    time.sleep(0.3)
+    emulator.set(latency=5)
+    started = time.monotonic()
+    assert ns.readdir("/projects") == known
+    assert time.monotonic() - started < 2.5  # waited 1 s for the refresh, not 5
+
+
+def test_a_listing_names_the_answers_it_shows(ns, emulator):
+    lab = by_name(emulator, "projects", "Lab Private")
+    project = f"/projects/{lab['name']}"
+    subject = next(name for name, _ in ns.readdir(project) if name.startswith("sub-"))
+    assert ns.listing("/projects")[2] == {"projects"}
+    assert ("project", lab["_id"]) in ns.listing(project)[2]
+    assert ns.listing(f"{project}/{subject}")[2] == {("project", lab["_id"])}
+    view = ns.listing(f"{project}/bids")[2]
+    assert ("project_bids", lab["_id"]) in view and ("project", lab["_id"]) not in view

@@ -200,7 +200,7 @@ def test_a_cache_dir_whose_filesystem_refuses_locks_is_refused_with_one_clear_li
     (line,) = done.stderr.strip().splitlines()
     print(f"\n{line}")
     assert done.returncode != 0
-    assert line.startswith(f"blfs: cannot use the cache dir {cache}: ")
+    assert line.startswith("blfs: ") and f"cannot use the cache dir {cache}: " in line
     assert "refuses file locks" in line and "No locks available" in line
     assert "--cache-dir" in line and "nolock" in line
 
