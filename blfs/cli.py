@@ -250,7 +250,7 @@ def _cache_keys(targets: list[str]) -> list[str]:
     for target in targets:
         path = Path(target)
         if path.exists() and status.mount_holding(path) is not None:
-            keys += [object_key(found.name) for found in objects_at(path)]
+            keys += [object_key(found.name) for found in objects_at(path).objects]
             continue
         object_id = last_object_id(path.parts)
         if object_id is None:

@@ -317,6 +317,9 @@ def _serve(options: MountOptions, client: Client) -> None:
     finally:
         publisher.close()
         downloads.settle(LOCK_WAIT)
+        # Background refreshes and answers asked ahead may still be saving: the store ends the
+        # one in progress and takes no more, so no transaction is cut off by the exit.
+        store.close()
 
 
 def _run_fuse(

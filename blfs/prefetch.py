@@ -93,15 +93,15 @@ def views_showing(path: Path, mountpoint: str) -> list[Path]:
     return []
 
 
-def objects_at(path: Path, mountpoint: str) -> Found:
+def objects_at(path: Path) -> Found:
     """What a path in a mount names: the object holding it (a file or directory inside an
-    object), else what lies under it and in the BIDS view that shows it."""
+    object), else what lies under it."""
     for candidate in (path, *path.parents):
         if is_object_dir(candidate):
             return Found(objects=[candidate])
     if not path.is_dir():
         raise BlfsError(f"{path} is a file outside any data-object (nothing to fetch)")
-    return find_objects([path, *views_showing(path, mountpoint)])
+    return find_objects([path])
 
 
 def mount_of(path: Path) -> dict[str, Any]:
@@ -251,8 +251,8 @@ def _jobs(paths: list[Path]) -> tuple[list[_Job], list[Path], list[str]]:
     mounts = {path: mount_of(path) for path in paths}
     jobs, files = {}, set()
     for path, record in mounts.items():
-        found = objects_at(path, record["mountpoint"])
-        for object_dir in found.objects:
+        found, shown = objects_at(path), find_objects(views_showing(path, record["mountpoint"]))
+        for object_dir in found.objects + shown.objects:
             jobs[object_dir] = _Job(object_dir, _size_hint(object_dir), Path(record["cache_dir"]))
         files.update(found.files)
     mountpoints = [record["mountpoint"] for record in mounts.values()]

@@ -101,6 +101,7 @@ def test_a_listing_read_in_small_pages_costs_its_length_once():
 
 
 UNKNOWN_INO = 0xFFFFFFFF  # what a listing gives a file it hands by name and type only
+QUIET = ("--ahead", "0")  # a mount that asks for nothing before the kernel does
 
 
 def product_ino(directory: Path) -> int:
@@ -129,7 +130,8 @@ def test_a_metadata_change_drops_only_the_listings_showing_it(
         shown_objects(server, "Lab Private")[0],
         shown_objects(server, "Open Diffusion")[0],
     )
-    with mounted(server.url, user_home, cache_dir=cache, ttl=600) as first:
+    # Nothing asked ahead, so that a product's size is unknown until it is read.
+    with mounted(server.url, user_home, cache_dir=cache, ttl=600, extra=QUIET) as first:
         relative = object_dir(first.path / changed, here["_id"]).relative_to(first.path)
         object_dir(first.path / other, there["_id"])
     with sqlite3.connect(cache / FILENAME) as db:  # the changed project's answer is an hour old
@@ -139,7 +141,9 @@ def test_a_metadata_change_drops_only_the_listings_showing_it(
     server.put_records("datasets", [added])
     # Its refresh (in the background: the answer on disk is served first) comes in a while.
     server.set(stall=[{"path": "/warehouse/dataset$", "after": 0, "seconds": 5, "times": 1}])
-    with mounted(server.url, user_home, cache_dir=cache, ttl=600, name="again") as mount:
+    with mounted(
+        server.url, user_home, cache_dir=cache, ttl=600, extra=QUIET, name="again"
+    ) as mount:
         mine = mount.path / relative
         theirs = object_dir(mount.path / other, there["_id"])
         kept = {mine: product_ino(mine), theirs: product_ino(theirs)}
