@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench import mount_pid  # scripts/bench.py, beside this one
+
 from blfs import mountinfo
 from blfs.auth import TokenStore
 from blfs.emulator.control import Emulator, generated_data, start_emulator
@@ -42,15 +44,6 @@ SIZES = {"Lab Private": {"forty": 40_000}, "Open Diffusion": {"ten": 10_000, "th
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def mount_pid(point: Path) -> int:
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"mount" in argv and str(point).encode() in argv:
-                return int(proc.name)
-    raise SystemExit(f"no mount process for {point}")
 
 
 @contextlib.contextmanager
