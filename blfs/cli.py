@@ -7,6 +7,7 @@ import getpass
 import math
 import os
 import pwd
+import shutil
 import socket
 import sys
 import time
@@ -181,8 +182,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(
             f"brainlife demo mounted at {mountpoint} (log: {log_path})\n"
             f"  try:  ls {mountpoint}/projects\n"
-            f"  stop: blfs umount {mountpoint}"
+            f"  stop: {_own_command()} umount {mountpoint}"
         )
+
+
+def _own_command() -> str:
+    """How to run this blfs again from the same shell: `blfs` where that is the one on PATH,
+    else as it was run (`.venv/bin/blfs`, or through its Python)."""
+    invoked = sys.argv[0]
+    if os.path.basename(invoked) != "blfs":
+        return f"{sys.executable} -m blfs"
+    on_path = shutil.which("blfs")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(invoked):
+        return "blfs"
+    return invoked
 
 
 def cmd_status(args: argparse.Namespace) -> None:
