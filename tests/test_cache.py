@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,14 +145,12 @@ def test_a_full_disk_evicts_older_objects_first(client, emulator, objects, tmp_p
         assert [e.key for e in fetcher._cache.entries()] == [object_key(new)]
 
 
-def test_staging_of_a_killed_downloader_is_removed_and_the_download_restarts(
-    client, emulator, objects, tmp_path, home
-):
-    object_id = objects[0]
-    data = os.urandom(4 * MiB)
-    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
-    emulator.set(bandwidth=MiB)
-    root = tmp_path / "cache"
+@contextlib.contextmanager
+def child_downloading(
+    emulator, home: Path, root: Path, object_id: str
+) -> Iterator[subprocess.Popen]:
+    """Another process downloading `object_id` into the cache at `root`, from when it has
+    `data.bin` open; killed on leaving, whatever happened."""
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
         stdout=subprocess.PIPE,
@@ -159,12 +159,24 @@ def test_staging_of_a_killed_downloader_is_removed_and_the_download_restarts(
     )
     try:
         assert child.stdout.readline().strip() == "open"
+        yield child
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def test_staging_of_a_killed_downloader_is_removed_and_the_download_restarts(
+    client, emulator, objects, tmp_path, home
+):
+    object_id = objects[0]
+    data = os.urandom(4 * MiB)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=MiB)
+    root = tmp_path / "cache"
+    with child_downloading(emulator, home, root, object_id) as child:
         staged = root / "tmp"
         wait_until(lambda: any(staged.glob("*/data/data.bin")), what="staging")
         os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-    finally:
-        child.kill()
         child.wait(10)
     assert any(p.is_dir() for p in staged.iterdir())
     emulator.set(bandwidth=None)
@@ -444,14 +456,7 @@ def test_followers_of_a_killed_downloader_read_on_while_the_one_taking_over_chec
     emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
     emulator.set(bandwidth=8 * MiB)
     root = tmp_path / "cache"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert child.stdout.readline().strip() == "open"
+    with child_downloading(emulator, home, root, object_id) as child:
         staged = root / "tmp"
         half = lambda: any(p.stat().st_size >= 8 * MiB for p in staged.glob("*/data/data.bin"))  # noqa: E731
         wait_until(half, what="half the object")
@@ -460,9 +465,6 @@ def test_followers_of_a_killed_downloader_read_on_while_the_one_taking_over_chec
         handles = [follower.contents(object_id).open("data.bin") for follower in followers]
         emulator.set(bandwidth=2 * MiB)
         os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-    finally:
-        child.kill()
         child.wait(10)
     started = time.monotonic()
     results = read_all_of(handles, len(data))
@@ -497,21 +499,11 @@ def test_a_new_reader_takes_over_a_dead_download_that_another_process_follows(
     emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
     emulator.set(bandwidth=MiB)
     root = tmp_path / "cache"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, emulator.url, str(home), str(root), object_id, "data.bin"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert child.stdout.readline().strip() == "open"
+    with child_downloading(emulator, home, root, object_id) as child:
         wait_until(lambda: any((root / "tmp").glob("*/data/data.bin")), what="staging")
         (journal,) = (root / "tmp").glob(f"*/{JOURNAL}")
         follower = JournalReader(journal)  # as another process reading along holds it
         os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-    finally:
-        child.kill()
         child.wait(10)
     emulator.set(bandwidth=None)
     try:
