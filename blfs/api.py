@@ -7,7 +7,9 @@ Knows nothing of paths or FUSE. Safe to call from many threads at once: one pool
 
 from __future__ import annotations
 
+import collections
 import enum
+import itertools
 import json
 import logging
 import os
@@ -479,7 +481,8 @@ class Client:
         self, url: str, params: dict[str, Any], auth: Auth, skips: range
     ) -> Iterator[dict[str, Any]]:
         """The bodies of the pages at `skips`, in order, asked `parallel` at a time (each wait
-        still bounded by one timeout)."""
+        still bounded by one timeout). No more than `parallel` pages are asked for ahead of the
+        one being read, so a project of any size is never all in memory at once."""
 
         def page(skip: int) -> dict[str, Any]:
             return self._get_json(url, {**params, "limit": self.page_size, "skip": skip}, auth)
@@ -487,11 +490,17 @@ class Client:
         if len(skips) == 1:
             yield page(skips[0])
             return
+        left = iter(skips)
         with ThreadPoolExecutor(min(self.parallel, len(skips)), "blfs-pages") as pool:
-            pages = [pool.submit(page, skip) for skip in skips]
+            pages = collections.deque(
+                pool.submit(page, skip) for skip in itertools.islice(left, self.parallel)
+            )
             try:
-                for future in pages:
-                    yield future.result()
+                while pages:
+                    body = pages.popleft().result()
+                    for skip in itertools.islice(left, 1):
+                        pages.append(pool.submit(page, skip))
+                    yield body
             finally:
                 for future in pages:
                     future.cancel()

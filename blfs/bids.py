@@ -29,7 +29,7 @@ _NOT_LABEL = re.compile(r"[^0-9a-zA-Z]")
 _PREFIX = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per data file: a big project has 100,000
 class Member:
     """A BIDS file that is a member of an object's archive (`record`: the object's). `required`:
     the datatype requires the file, so the object holds it (brainlife stores no object without
@@ -40,14 +40,27 @@ class Member:
     required: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Generated:
-    """A BIDS file made from metadata (descriptions, sidecars, participants, README)."""
+    """A BIDS file made from metadata (descriptions, participants, README)."""
 
     data: bytes
 
 
-Entry = Member | Generated
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """An object's JSON sidecar, made from its record when read: a big project has tens of
+    thousands, whose text memory need not hold."""
+
+    record: Mapping[str, Any]
+    site: str
+
+    @property
+    def data(self) -> bytes:
+        return json_bytes(sidecar(self.record, self.site))
+
+
+Entry = Member | Generated | Sidecar
 
 
 def label(value: object) -> str:
@@ -75,7 +88,7 @@ def pipeline_name(task: Mapping[str, Any]) -> str:
     return str(task.get("service") or "unknown").replace("/", ".")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placed:
     """One object's place in the dataset: its folder, entities and maps."""
 
@@ -181,7 +194,7 @@ def object_files(
         for entry in item.maps:
             path = f"{directory}{stem}_{entry['dest']}"
             if entry["src"] == META_MAP:
-                files[path] = Generated(json_bytes(sidecar(record, site)))
+                files[path] = Sidecar(record, site)
                 continue
             member = resolve_source(str(entry["src"]), datatype)
             if member is not None:
@@ -269,18 +282,16 @@ class Source:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A BIDS dataset's files by path, and each directory's children ('' is the top; a child
-    that is a directory maps to None)."""
+    """A BIDS dataset: each directory's children ('' is the top; a child that is a directory
+    maps to None)."""
 
-    files: dict[str, Entry]
     children: dict[str, dict[str, Entry | None]]
 
 
 def dataset(source: Source, datatypes: Mapping[str, Mapping[str, Any]], site: str) -> Dataset:
     """The BIDS dataset of `source`."""
-    files = dataset_files(source, datatypes, site)
     children: dict[str, dict[str, Entry | None]] = {"": {}}
-    for path, entry in sorted(files.items()):
+    for path, entry in sorted(dataset_files(source, datatypes, site).items()):
         parent, _, name = path.rpartition("/")
         children.setdefault(parent, {})[name] = entry
         while parent:
@@ -290,7 +301,7 @@ def dataset(source: Source, datatypes: Mapping[str, Mapping[str, Any]], site: st
                 break
             siblings[directory] = None
             parent = above
-    return Dataset(files, {d: dict(sorted(c.items())) for d, c in children.items()})
+    return Dataset({d: dict(sorted(c.items())) for d, c in children.items()})
 
 
 def dataset_files(

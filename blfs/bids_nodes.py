@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from blfs.bids import Dataset, Entry, Generated, Member
+from blfs.bids import Dataset, Entry, Generated, Member, Sidecar
 from blfs.errors import NotFound
 from blfs.nodes import Attr, BytesFile, Node, directory
 
@@ -84,7 +84,7 @@ class BidsDir(Node):
         for name, entry in self._children().items():
             if entry is None:
                 listed.append((name, self._attr))
-            elif isinstance(entry, Generated):
+            elif isinstance(entry, (Generated, Sidecar)):
                 listed.append((name, self._file(entry).attr()))
             else:
                 try:
@@ -97,6 +97,6 @@ class BidsDir(Node):
         return listed, all_known
 
     def _file(self, entry: Entry) -> Node:
-        if isinstance(entry, Generated):
+        if isinstance(entry, (Generated, Sidecar)):
             return BytesFile(entry.data, self._attr.mtime)
         return self._member_node(entry)

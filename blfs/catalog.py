@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,9 @@ TAR_KINDS = frozenset({"local", "osn", "osiris", "project", "jetstream", "wrangl
 OTHER_KINDS = frozenset({"copy", "url", "datalad", "xnat"})
 # Stored objects do not change: their `_product.json` is fetched once, then kept.
 PRODUCT_TTL = float("inf")
+# How many answers asked ahead are remembered as such (a walk of a big project asks hundreds of
+# thousands); one forgotten is looked up in the cache when asked again, without a request.
+ASKED_KEPT = 10_000
 
 
 def token_subject(token: str | None) -> str | None:
@@ -257,7 +260,10 @@ class Catalog:
     def _answer(self, key: Hashable, ask: Callable[[], object], lifetime: float) -> None:
         ask()
         with self._asked_lock:
+            self._asked.pop(key, None)
             self._asked[key] = time.monotonic() + lifetime
+            if len(self._asked) > ASKED_KEPT:  # the oldest: asking it again costs no request
+                del self._asked[next(iter(self._asked))]
 
     def ask_ahead_at_mount(self) -> None:
         """The project list (then the user's accepted agreements, when a readable project has
@@ -350,16 +356,20 @@ class Catalog:
         return self._cache.get("datatypes", self._client.datatypes)
 
     def project_tree(self, project_id: str) -> Branch:
-        def fetch() -> list[dict[str, Any]]:
+        def fetch() -> Iterator[dict[str, Any]]:
             find = {"project": project_id, "removed": False, "status": "stored"}
             expected = self._recorded_count(project_id)
-            return list(self._client.datasets(find, select=DATASET_SELECT, expected=expected))
+            return self._client.datasets(find, select=DATASET_SELECT, expected=expected)
 
-        def build(records: list[dict[str, Any]]) -> Branch:
-            shown = [r for r in records if r.get("status") == "stored" and not r.get("removed")]
+        def build(pairs: Iterable[tuple[dict[str, Any], Mapping[str, Any]]]) -> Branch:
+            shown = (
+                (fields, record)
+                for fields, record in pairs
+                if fields.get("status") == "stored" and not fields.get("removed")
+            )
             return build_tree(shown, self.datatypes())
 
-        return self._cache.get(("project", project_id), fetch, build)
+        return self._cache.listing(("project", project_id), fetch, build)
 
     def _recorded_count(self, project_id: str) -> int:
         """How many stored objects the project's record says it has (`stats`, updated by the
@@ -369,15 +379,15 @@ class Catalog:
         return count if isinstance(count, int) and count > 0 else 0
 
     def release_tree(self, release_id: str) -> Branch:
-        def fetch() -> list[dict[str, Any]]:
+        def fetch() -> Iterator[dict[str, Any]]:
             find = {"status": "stored"}
-            return list(self._client.release_datasets(release_id, find, select=DATASET_SELECT))
+            return self._client.release_datasets(release_id, find, select=DATASET_SELECT)
 
-        def build(records: list[dict[str, Any]]) -> Branch:
-            shown = (r for r in records if r.get("status") == "stored")
+        def build(pairs: Iterable[tuple[dict[str, Any], Mapping[str, Any]]]) -> Branch:
+            shown = ((f, record) for f, record in pairs if f.get("status") == "stored")
             return build_tree(shown, self.datatypes())
 
-        return self._cache.get(("release", release_id), fetch, build)
+        return self._cache.listing(("release", release_id), fetch, build)
 
     def project_page(self, project_id: str) -> str:
         """The project's page on brainlife.io, where its data-use agreements are accepted."""
@@ -506,7 +516,7 @@ class Catalog:
         def build(rows: list[dict[str, Any]]) -> dict[str, Any]:
             others = [r for r in rows if r.get("status") != "stored"]
             counts = Counter(str(r.get("status")) for r in others)
-            counts["stored"] = len(records(self.project_tree(project_id)))
+            counts["stored"] = self.project_tree(project_id).objects
             datatypes = self.datatypes()
             return {
                 "counts": dict(sorted(counts.items())),

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from blfs.errors import AccessDenied, BlfsError, RemoteError
-from blfs.metastore import MetaStore
+from blfs.metastore import ROWS_BATCH, MetaStore, StoreFailed
+from blfs.stored_record import Rows, StoredRecord, head
 
 log = logging.getLogger("blfs")
 
@@ -35,6 +38,8 @@ _SERVE_KNOWN = (RemoteError, AccessDenied)
 # never holds up a known listing.
 REFRESH_WAIT = 1.0
 REFRESH_WORKERS = 4
+# How many single answers kept on disk are also held in memory (see `_keep_recent`).
+KNOWN_KEPT = 4096
 # An answer of this many rows or more is large (see `_Collector`).
 LARGE_ANSWER = 1000
 # The keys of the answers this thread reads, while something collects them (`MetaCache.reads`).
@@ -68,6 +73,7 @@ class _Answer(Generic[V]):
     build: Callable[[Any], V]
     lifetime: Lifetime
     on_disk: bool = True  # a raw JSON answer of the server, kept on disk too
+    rows: bool = False  # a listing of records kept row by row (see `MetaCache.listing`)
 
     def lifetime_of(self, raw: Any) -> float:
         return self.lifetime(raw) if callable(self.lifetime) else self.lifetime
@@ -78,6 +84,7 @@ class _Known(Generic[V]):
     value: V
     digest: int  # hash of the raw answer's JSON text: tells a changed answer from a repeated one
     expires: float
+    in_store: bool = False  # holds records whose rest is read from the store (`listing`)
 
 
 class MetaCache:
@@ -107,6 +114,9 @@ class MetaCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._known: dict[Hashable, _Known[Any]] = {}
+        # The single answers kept on disk, least recently used first: beyond KNOWN_KEPT the
+        # oldest leaves memory, to be read back from disk when asked for again.
+        self._recent: OrderedDict[Hashable, None] = OrderedDict()
         self._inflight: dict[Hashable, Future[Any]] = {}
         self._made_from: dict[Hashable, set[Hashable]] = {}  # an answer's key -> made values
         self._failing: type[BlfsError] | None = None
@@ -122,6 +132,19 @@ class MetaCache:
         """The answer for `key`: kept while fresh, else `build(fetch())` (one fetch shared by
         concurrent callers), else the last known answer if the refresh fails as above."""
         return self._get(_Answer(key, fetch, build, self.ttl if ttl is None else ttl))
+
+    def listing(
+        self,
+        key: Hashable,
+        fetch: Callable[[], Iterable[dict[str, Any]]],
+        build: Callable[[Iterable[tuple[dict[str, Any], Mapping[str, Any]]]], V],
+    ) -> V:
+        """A listing of many records (a project's objects), kept in the store row by row, its
+        value built from `(head, record)` pairs: the fields the listing is built from
+        (`stored_record.head`), and the record to hold, which keeps only a few fields in memory
+        where the store holds the rest. Records are saved and built as the pages come, so no
+        moment holds the whole answer parsed; reading it back from disk parses only the heads."""
+        return self._get(_Answer(key, fetch, build, self.ttl, rows=True))
 
     def made(self, key: Hashable, make: Callable[[], V]) -> V:
         """A value made from other answers, not asked of the server: kept in memory for the
@@ -139,11 +162,16 @@ class MetaCache:
         _note(answer.key)
         with self._lock:
             known = self._known.get(answer.key)
+            if known is not None and answer.key in self._recent:
+                self._recent.move_to_end(answer.key)
         if known is None and answer.on_disk:
             known = self._from_disk(answer)
-        if known is not None and self._clock() < known.expires:
+        lost = known is not None and known.in_store and not self._store_usable()
+        if known is not None and self._clock() < known.expires and not lost:
             return known.value
-        if known is None or callable(answer.lifetime):  # a doubt is asked again first
+        if known is None or callable(answer.lifetime) or lost:
+            # A doubt is asked again first, as is a listing whose records were in a store
+            # that has failed since.
             return self._shared_refresh(answer)
         # While the server fails, the known answer is served without waiting at all.
         wait = REFRESH_WAIT if self._failing is None else 0.0
@@ -183,15 +211,21 @@ class MetaCache:
                 return None
             try:
                 with _collecting(None):
-                    value = answer.build(stored.body)
+                    if answer.rows:
+                        value = answer.build(self._stored_rows(answer.key, stored.body))
+                    else:
+                        value = answer.build(stored.body)
                 left = answer.lifetime_of(stored.body) - (time.time() - stored.fetched)
-            except (KeyError, TypeError, ValueError, AttributeError):
+            except (KeyError, TypeError, ValueError, AttributeError, StoreFailed):
                 return None  # not an answer this version of blfs can read: fetch it again
-            _COLLECTOR.spare(stored.body)
+            _COLLECTOR.spare(_rows_in(stored.body, answer.rows))
         grace = left <= 0 and not callable(answer.lifetime)
         expires = self._clock() + (left if left > 0 else self.ttl if grace else 0.0)
         with self._lock:
-            known = self._known.setdefault(answer.key, _Known(value, hash(stored.text), expires))
+            digest = hash(stored.body["digest"] if answer.rows else stored.text)
+            kept = _Known(value, digest, expires, in_store=answer.rows)
+            known = self._known.setdefault(answer.key, kept)
+            self._keep_recent(answer)
         if grace and answer.fetch is not None:
             self._refreshing(answer)
         return known
@@ -233,9 +267,13 @@ class MetaCache:
             known = self._known.get(answer.key)
         assert answer.fetch is not None
         sources: list[Hashable] = []
+        in_store = False
         try:
             with _collecting(None if answer.on_disk else sources):
-                raw = answer.fetch()
+                if answer.rows:
+                    value, raw, in_store = self._fetched_rows(answer)
+                else:
+                    raw = answer.fetch()
         except _SERVE_KNOWN as exc:
             if known is None:
                 raise
@@ -245,27 +283,112 @@ class MetaCache:
             return known.value
         # Key order kept: records are shown as the server wrote them.
         text = json.dumps(raw) if answer.on_disk else ""
-        digest = hash(text)
-        with _collecting(None), _COLLECTOR.paused():
-            value = answer.build(raw)
-            _COLLECTOR.spare(raw)
+        digest = hash(raw["digest"] if answer.rows else text)
+        if not answer.rows:
+            with _collecting(None), _COLLECTOR.paused():
+                value = answer.build(raw)
+                _COLLECTOR.spare(_rows_in(raw, rows=False))
         changed = known is not None and known.digest != digest
         with self._lock:
             expires = self._clock() + answer.lifetime_of(raw)
-            self._known[answer.key] = _Known(value, digest, expires)
+            self._known[answer.key] = _Known(value, digest, expires, answer.rows and in_store)
+            self._keep_recent(answer)
             if answer.on_disk:  # the server answered
                 self._failing = None
             for source in sources:
                 self._made_from.setdefault(source, set()).add(answer.key)
         if self._store is not None and answer.on_disk:
             key = _store_key(answer.key)
-            if known is None or changed:
+            if known is None or changed or answer.rows:
                 self._store.save(key, text)
             else:
                 self._store.touch(key)
+            if answer.rows:
+                self._store.drop_rows(key, keep=raw["generation"])
         if changed:
             self._changed(answer.key)
         return value
+
+    def _fetched_rows(self, answer: _Answer[V]) -> tuple[V, dict[str, Any], bool]:
+        """A listing's value, built as its records come and are saved under a new generation;
+        what its answer keeps: that generation, how many rows, a digest of their texts; and
+        whether the value's records are held by the store (it kept every batch)."""
+        assert answer.fetch is not None
+        generation = time.time_ns()
+        digest = hashlib.blake2b(digest_size=16)
+        count = 0
+        rows = self._rows(answer.key)
+
+        def pairs() -> Iterator[tuple[dict[str, Any], Mapping[str, Any]]]:
+            nonlocal count
+            batch: list[tuple[dict[str, Any], str]] = []
+            for record in answer.fetch():  # type: ignore[misc]
+                text = json.dumps(record)  # key order kept, as the server wrote it
+                digest.update(text.encode())
+                batch.append((record, text))
+                count += 1
+                if len(batch) == ROWS_BATCH:
+                    yield from self._saved(rows, generation, batch)
+                    batch = []
+            yield from self._saved(rows, generation, batch)
+
+        with _collecting(None):
+            value = answer.build(pairs())
+        _COLLECTOR.spare(count)
+        manifest = {"generation": generation, "rows": count, "digest": digest.hexdigest()}
+        return value, manifest, rows is not None and self._store_usable()
+
+    def _saved(
+        self, rows: Rows | None, generation: int, batch: list[tuple[dict[str, Any], str]]
+    ) -> Iterator[tuple[dict[str, Any], Mapping[str, Any]]]:
+        """Each record's head and what to hold of it: a `StoredRecord` once its row is saved,
+        else (no store, or it failed) the record itself."""
+        heads = [head(record) for record, _ in batch]
+        saved = (
+            rows is not None
+            and self._store is not None
+            and self._store.save_rows(
+                rows.listing,
+                generation,
+                [(str(r["_id"]), json.dumps(h), t) for (r, t), h in zip(batch, heads, strict=True)],
+            )
+        )
+        for (record, _), fields in zip(batch, heads, strict=True):
+            yield fields, StoredRecord(record, rows) if saved and rows else record
+
+    def _stored_rows(
+        self, key: Hashable, manifest: dict[str, Any]
+    ) -> Iterator[tuple[dict[str, Any], Mapping[str, Any]]]:
+        """A listing's `(head, record)` pairs read back from its rows in the store."""
+        rows = self._rows(key)
+        assert rows is not None and self._store is not None
+        count = 0
+        for _, text in self._store.rows(rows.listing, int(manifest["generation"])):
+            fields = json.loads(text)
+            count += 1
+            yield fields, StoredRecord(fields, rows)
+        if count != manifest["rows"]:
+            raise StoreFailed(f"{count} rows of {manifest['rows']} kept")
+
+    def _keep_recent(self, answer: _Answer[V]) -> None:
+        """Counts `answer` among the recent single answers on disk, and lets the least recent
+        one beyond KNOWN_KEPT go from memory (call with the lock held): a walk of a big project
+        reads one `_product.json` per object, which memory need not hold for good. Listings
+        and made values stay (remaking them costs more than a read)."""
+        if self._store is None or not self._store.usable or not answer.on_disk or answer.rows:
+            return
+        self._recent[answer.key] = None
+        self._recent.move_to_end(answer.key)
+        if len(self._recent) > KNOWN_KEPT:
+            oldest, _ = self._recent.popitem(last=False)
+            if oldest not in self._inflight:
+                self._known.pop(oldest, None)
+
+    def _store_usable(self) -> bool:
+        return self._store is not None and self._store.usable
+
+    def _rows(self, key: Hashable) -> Rows | None:
+        return None if self._store is None else Rows(self._store, _store_key(key))
 
     def _changed(self, key: Hashable) -> None:
         """Tells the subscribers that `key` changed, and every value made from it, which is
@@ -347,13 +470,21 @@ class _Collector:
                 if self._pauses == 0 and self._was_enabled:
                     gc.enable()
 
-    def spare(self, raw: Any) -> None:
-        if isinstance(raw, list) and len(raw) >= LARGE_ANSWER:
+    def spare(self, rows: int) -> None:
+        """After an answer of `rows` rows was built."""
+        if rows >= LARGE_ANSWER:
             gc.collect()
             gc.freeze()
 
 
 _COLLECTOR = _Collector()
+
+
+def _rows_in(raw: Any, rows: bool) -> int:
+    """How many rows an answer holds: a listing kept row by row says, a list is its length."""
+    if rows:
+        return int(raw["rows"])
+    return len(raw) if isinstance(raw, list) else 1
 
 
 def _store_key(key: Hashable) -> str:

@@ -2,14 +2,20 @@
 still shows every known listing.
 
 One SQLite file in the cache dir holds the server's raw JSON answers, by server and user (a
-`scope`) and key, with the wall-clock time each was fetched. Several mounts may share it, with a
-busy timeout. On a local filesystem it is in WAL mode; WAL needs memory shared by every process
-using the file, which processes on several hosts do not have (SQLite: "WAL does not work over a
-network filesystem"; on a FUSE filesystem mapping its index killed the mount with SIGBUS), so on
-any other filesystem (NFS, Lustre, GPFS, FUSE…), where one cache dir may serve a cluster, it
-uses a rollback journal, which relies only on the POSIX locks the data cache needs there too.
-The store is an optimisation only: when the file cannot be opened, read or written it is dropped
-for the rest of the mount with one log line, and the mount carries on from memory.
+`scope`) and key, with the wall-clock time each was fetched. A listing of many records (a
+project's objects) is kept row by row instead, each row under its listing's key and a
+generation; the answer itself then names the generation, so that a listing is switched to its
+new rows in one commit and one half-written never shows: a mount reads such a listing, and
+any one record of it, without holding the whole answer in memory.
+
+Several mounts may share the file, with a busy timeout. On a local filesystem it is in WAL mode;
+WAL needs memory shared by every process using the file, which processes on several hosts do not
+have (SQLite: "WAL does not work over a network filesystem"; on a FUSE filesystem mapping its index
+killed the mount with SIGBUS), so on any other filesystem (NFS, Lustre, GPFS, FUSE…), where one
+cache dir may serve a cluster, it uses a rollback journal, which relies only on the POSIX locks the
+data cache needs there too. The store is an optimisation only: when the file cannot be opened, read
+or written it is dropped for the rest of the mount with one log line, and the mount carries on from
+memory.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +49,24 @@ CREATE TABLE IF NOT EXISTS answers (
     fetched REAL NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS rows (
+    scope TEXT NOT NULL,
+    listing TEXT NOT NULL,
+    id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    head TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (scope, listing, id, generation)
 )
 """
+# Rows read from the store per statement while a listing is read back: the store's lock is
+# held for one batch at a time, never for a whole listing.
+ROWS_BATCH = 1000
+
+
+class StoreFailed(Exception):
+    """The store failed part-way through reading a listing back: what was read is not all."""
 
 
 @dataclass(frozen=True)
@@ -95,25 +118,89 @@ class MetaStore:
             (time.time(), self._scope, key),
         )
 
+    @property
+    def usable(self) -> bool:
+        """Whether answers are still kept on disk (not after a failure dropped the store)."""
+        return self._db is not None
+
+    def save_rows(self, listing: str, generation: int, rows: list[tuple[str, str, str]]) -> bool:
+        """Adds `(id, head, body)` rows to a listing's `generation` (two JSON texts: what a
+        listing is built from, and the whole record); whether they were kept."""
+        params = [(self._scope, listing, key, generation, h, b) for key, h, b in rows]
+        sql = "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)"
+        return self._run(sql, params, many=True) is not None
+
+    def rows(self, listing: str, generation: int) -> Iterator[tuple[str, str]]:
+        """The `(id, head)` rows of a listing's generation, by id, a batch at a time."""
+        after = ""
+        while True:
+            batch = self._all(
+                "SELECT id, head FROM rows WHERE scope = ? AND listing = ? AND generation = ?"
+                " AND id > ? ORDER BY id LIMIT ?",
+                (self._scope, listing, generation, after, ROWS_BATCH),
+            )
+            if batch is None:
+                raise StoreFailed("the metadata store failed while a listing was read back")
+            yield from batch
+            if len(batch) < ROWS_BATCH:
+                return
+            after = batch[-1][0]
+
+    def row(self, listing: str, key: str) -> str | None:
+        """The whole record of one row of a listing (JSON text), from its newest generation."""
+        row = self._run(
+            "SELECT body FROM rows WHERE scope = ? AND listing = ? AND id = ?"
+            " ORDER BY generation DESC LIMIT 1",
+            (self._scope, listing, key),
+        )
+        return None if row is None else row[0]
+
+    def drop_rows(self, listing: str, keep: int) -> None:
+        """Removes a listing's rows of every generation but `keep`."""
+        self._run(
+            "DELETE FROM rows WHERE scope = ? AND listing = ? AND generation != ?",
+            (self._scope, listing, keep),
+        )
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
-    def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """One statement in its own transaction; any failure drops the store for good."""
+    def _run(self, sql: str, params: Any, many: bool = False) -> tuple[Any, ...] | None:
+        """One statement in its own transaction (`many`: once per set of `params`, answering
+        `()` when done); any failure drops the store for good."""
         with self._lock:
             if self._db is None:
                 return None
             try:
                 with self._db:
+                    if many:
+                        self._db.executemany(sql, params)
+                        return ()
                     return self._db.execute(sql, params).fetchone()
             except sqlite3.Error as exc:
-                log.warning("metadata cache failed, keeping metadata in memory only: %s", exc)
-                self._db.close()
-                self._db = None
+                self._drop(exc)
                 return None
+
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+        """Every row the query answers; None when the store is (or just became) unusable."""
+        with self._lock:
+            if self._db is None:
+                return None
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                self._drop(exc)
+                return None
+
+    def _drop(self, exc: sqlite3.Error) -> None:
+        """Call with the lock held."""
+        log.warning("metadata cache failed, keeping metadata in memory only: %s", exc)
+        assert self._db is not None
+        self._db.close()
+        self._db = None
 
 
 def journal_mode(directory: Path) -> str:
@@ -136,7 +223,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         db.execute(f"PRAGMA journal_mode={journal_mode(path.parent)}")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
+        db.executescript(_SCHEMA)
         db.commit()
     except sqlite3.Error:
         db.close()

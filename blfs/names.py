@@ -39,7 +39,9 @@ def safe_name(name: object, suffix: str = "") -> str:
     text = ("" if name is None else str(name)).translate(_SAFE)
     if text in ("", ".", ".."):
         text = text.replace(".", "_") or UNNAMED
-    return truncate_utf8(text, MAX_NAME_BYTES - len(suffix.encode("utf-8"))) + suffix
+    safe = truncate_utf8(text, MAX_NAME_BYTES - len(suffix.encode("utf-8"))) + suffix
+    # The name itself where it is safe already: a tree holds one string per object id, not two.
+    return name if isinstance(name, str) and safe == name else safe
 
 
 def id_suffix(hex_id: str) -> str:

@@ -34,6 +34,7 @@ from blfs.nodes import (
     directory,
     json_size,
 )
+from blfs.stored_record import whole
 from blfs.tree import Branch, datatype_dir, records, timestamp
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ PARTICIPANTS = ("participants.tsv", "participants.json")
 # the same line is added to project.json under ACCESS_KEY.
 ACCESS = "ACCESS.txt"
 ACCESS_KEY = "blfs_access"
+# A listing of a directory of a project's tree asks ahead for the objects below it when there
+# are at most this many: a walk then has the next ones asked for before it reaches them, and no
+# listing queues more than twice as many requests (a product and a file listing each).
+ASK_AHEAD_BELOW = 1000
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,11 @@ class Namespace:
     def open(self, path: str) -> Handle:
         return self._resolve(path).open()
 
-    def info_size(self, record: dict[str, Any]) -> int:
+    def info_size(self, record: Mapping[str, Any]) -> int:
         """`_info.json`'s size, serialized once per record: a walk lists thousands of objects."""
         known = self._info_sizes.get(record["_id"])
         if known is None or known[0] is not record:
-            known = self._info_sizes[record["_id"]] = (record, json_size(record))
+            known = self._info_sizes[record["_id"]] = (record, json_size(whole(record)))
         return known[1]
 
     def on_change(self, callback: Callable[[Keys], None]) -> None:
@@ -330,8 +335,10 @@ class BranchNode(Node):
         return child if isinstance(child, Branch) else None
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # A walk stats every object's files next: asked for now, many at a time.
-        self._ns.catalog.ask_ahead_objects(records(self._branch))
+        # A walk stats every object's files next: asked for now, many at a time. Not from
+        # a directory with too many below (a project's top): the walk asks from each one below.
+        if self._branch.objects <= ASK_AHEAD_BELOW:
+            self._ns.catalog.ask_ahead_objects(records(self._branch))
         return [
             (name, directory(c.mtime if isinstance(c, Branch) else _created(c)))
             for name, c in self._branch.children.items()
@@ -345,14 +352,14 @@ def _created(record: Mapping[str, Any]) -> float:
 class ObjectDir(Node):
     """`<object-id>/`: two metadata files answered without download, then the archive's members."""
 
-    def __init__(self, ns: Namespace, record: dict[str, Any]) -> None:
+    def __init__(self, ns: Namespace, record: Mapping[str, Any]) -> None:
         super().__init__(directory(_created(record)))
         self._ns = ns
         self._record = record
         self._beside = Beside(frozenset(OBJECT_METADATA), record["_id"])
 
     def _info(self) -> JsonFile:
-        return JsonFile(self._record, self._attr.mtime)
+        return JsonFile(whole(self._record), self._attr.mtime)
 
     def _product(self) -> FileNode:
         return BytesFile(self._ns.catalog.product_bytes(self._record["_id"]), self._attr.mtime)

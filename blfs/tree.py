@@ -42,12 +42,14 @@ def timestamp(value: Any) -> float:
     return 0.0
 
 
-@dataclass
+@dataclass(slots=True)  # one per directory: tens of thousands in a big project
 class Branch:
-    """A directory of the tree: named children (branches, or dataset records at the leaves)."""
+    """A directory of the tree: named children (branches, or dataset records at the leaves),
+    the newest object's creation below it, and how many objects are below it."""
 
-    children: dict[str, Branch | dict[str, Any]] = field(default_factory=dict)
+    children: dict[str, Branch | Mapping[str, Any]] = field(default_factory=dict)
     mtime: float = 0.0
+    objects: int = 0
 
 
 def subject_dir(meta: Mapping[str, Any]) -> str:
@@ -81,25 +83,31 @@ def object_path(record: Mapping[str, Any], datatypes: Mapping[str, Mapping[str, 
 
 
 def build_tree(
-    records: Iterable[dict[str, Any]], datatypes: Mapping[str, Mapping[str, Any]]
+    records: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    datatypes: Mapping[str, Mapping[str, Any]],
 ) -> Branch:
-    """The tree of `records`, sorted by name; a branch's mtime is the newest object below it."""
+    """The tree of `(head, record)` pairs, sorted by name: each object placed by its head (the
+    fields `object_path` reads) holds `record` at its leaf. A branch's mtime is the newest
+    object below it."""
     root = Branch()
-    for record in records:
-        path = object_path(record, datatypes)
-        created = timestamp(record.get("create_date"))
-        node = root
+    for fields, record in records:
+        path = object_path(fields, datatypes)
+        created = timestamp(fields.get("create_date"))
+        node, above = root, []
         for name in path[:-1]:
-            node.mtime = max(node.mtime, created)
+            above.append(node)
             child = node.children.setdefault(name, Branch())
             if not isinstance(child, Branch):
-                log.warning("object %s hidden: its path clashes with an object", record["_id"])
+                log.warning("object %s hidden: its path clashes with an object", fields["_id"])
                 break
             node = child
         else:
-            node.mtime = max(node.mtime, created)
             if node.children.setdefault(path[-1], record) is not record:
-                log.warning("object %s hidden: its path clashes with a directory", record["_id"])
+                log.warning("object %s hidden: its path clashes with a directory", fields["_id"])
+                continue
+            for branch in (*above, node):
+                branch.mtime = max(branch.mtime, created)
+                branch.objects += 1
     _sort(root)
     return root
 
@@ -111,7 +119,7 @@ def _sort(branch: Branch) -> None:
             _sort(child)
 
 
-def records(branch: Branch) -> list[dict[str, Any]]:
+def records(branch: Branch) -> list[Mapping[str, Any]]:
     """The data-object records of a tree, in path order."""
     found = []
     for child in branch.children.values():

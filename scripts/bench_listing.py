@@ -36,6 +36,7 @@ from blfs import mountinfo
 from blfs.auth import TokenStore
 from blfs.emulator.control import Emulator, generated_data, start_emulator
 from blfs.metastore import FILENAME, MetaStore
+from blfs.stored_record import head
 from blfs.tree import object_path
 
 SIZES = {"Lab Private": {"forty": 40_000}, "Open Diffusion": {"ten": 10_000, "thirty": 30_000}}
@@ -90,13 +91,15 @@ def add_objects(cache: Path, server: Emulator) -> dict[str, Path]:
         key = json.dumps(["project", project_id])
         kept = store.load(key)
         assert kept is not None, f"{name} was not listed"
-        records = list(kept.body)
+        listing = kept.body
         for tag, count in directories.items():
             added = many(template, count, tag, first)
-            records += added
+            rows = [(r["_id"], json.dumps(head(r)), json.dumps(r)) for r in added]
+            assert store.save_rows(key, listing["generation"], rows)
+            listing = {**listing, "rows": listing["rows"] + count}
             first += count
             paths[tag] = Path("projects", name, *object_path(added[0], datatypes)[:-1])
-        store.save(key, json.dumps(records))
+        store.save(key, json.dumps(listing))
     store.close()
     return paths
 

@@ -16,6 +16,7 @@ from test_walks import PROJECT, walk
 
 from blfs.fuse_kernel import page
 from blfs.metastore import FILENAME, MetaStore
+from blfs.stored_record import head
 
 SMALL, LARGE = 10_000, 30_000
 
@@ -43,6 +44,13 @@ def listed_with_cpu(pid: int, directory: Path) -> tuple[int, float]:
     return count, cpu_seconds(pid) - before
 
 
+def add_rows(store: MetaStore, key: str, listing: dict, records: list[dict]) -> None:
+    """Adds `records` to a listing kept row by row, whose answer is `listing`."""
+    rows = [(r["_id"], json.dumps(head(r)), json.dumps(r)) for r in records]
+    assert store.save_rows(key, listing["generation"], rows)
+    store.save(key, json.dumps({**listing, "rows": listing["rows"] + len(records)}))
+
+
 def with_objects(cache: Path, project_id: str, records: list[dict]) -> None:
     """Adds `records` to the project's listing kept in the metadata store, as if the server had
     answered with them (tens of thousands served by the emulator take it minutes)."""
@@ -52,7 +60,7 @@ def with_objects(cache: Path, project_id: str, records: list[dict]) -> None:
     store = MetaStore(cache / FILENAME, scope)
     kept = store.load(key)
     assert kept is not None
-    store.save(key, json.dumps(kept.body + records))
+    add_rows(store, key, kept.body, records)
     store.close()
 
 
