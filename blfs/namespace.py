@@ -8,6 +8,7 @@ task files to the task-file store. Knows nothing of FUSE.
 
 from __future__ import annotations
 
+import itertools
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -50,9 +51,9 @@ PARTICIPANTS = ("participants.tsv", "participants.json")
 # the same line is added to project.json under ACCESS_KEY.
 ACCESS = "ACCESS.txt"
 ACCESS_KEY = "blfs_access"
-# A listing of a directory of a project's tree asks ahead for the objects below it when there
-# are at most this many: a walk then has the next ones asked for before it reaches them, and no
-# listing queues more than twice as many requests (a product and a file listing each).
+# A listing of a directory of a project's tree asks ahead for at most this many objects below
+# it, the first in path order: a walk then has the next ones asked for before it reaches them,
+# and no listing queues more than twice as many requests (a product and a file listing each).
 ASK_AHEAD_BELOW = 1000
 
 
@@ -335,10 +336,10 @@ class BranchNode(Node):
         return child if isinstance(child, Branch) else None
 
     def entries(self) -> list[tuple[str, Attr]]:
-        # A walk stats every object's files next: asked for now, many at a time. Not from
-        # a directory with too many below (a project's top): the walk asks from each one below.
-        if self._branch.objects <= ASK_AHEAD_BELOW:
-            self._ns.catalog.ask_ahead_objects(records(self._branch))
+        # A walk stats every object's files next: asked for now, many at a time (the first
+        # ones only below a big directory, where the walk asks from each directory it lists).
+        first = itertools.islice(records(self._branch), ASK_AHEAD_BELOW)
+        self._ns.catalog.ask_ahead_objects(first)
         return [
             (name, directory(c.mtime if isinstance(c, Branch) else _created(c)))
             for name, c in self._branch.children.items()

@@ -8,7 +8,7 @@ same name (a subject `a/b` next to `a_b`) share a directory; the object ids belo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -119,9 +119,10 @@ def _sort(branch: Branch) -> None:
             _sort(child)
 
 
-def records(branch: Branch) -> list[Mapping[str, Any]]:
+def records(branch: Branch) -> Iterator[Mapping[str, Any]]:
     """The data-object records of a tree, in path order."""
-    found = []
     for child in branch.children.values():
-        found += records(child) if isinstance(child, Branch) else [child]
-    return found
+        if isinstance(child, Branch):
+            yield from records(child)
+        else:
+            yield child

@@ -53,7 +53,7 @@ def test_a_project_read_back_after_a_remount_shows_every_record_whole(emulator, 
     again = catalog(emulator, tmp_path).project_tree(project_id)
     assert listings_asked(emulator) == asked  # read back from disk, not asked again
     for tree in (first, again):
-        held = records(tree)
+        held = list(records(tree))
         assert sorted(r["_id"] for r in held) == sorted(stored)
         assert all(isinstance(r, StoredRecord) for r in held)
         for record in held:
@@ -94,7 +94,7 @@ def test_records_of_a_store_that_failed_are_asked_for_again_and_held_whole(emula
     mount.project_tree(project_id)
     asked = listings_asked(emulator)
     mount._cache._store.close()  # what a failing disk leaves: the store is dropped
-    held = records(mount.project_tree(project_id))
+    held = list(records(mount.project_tree(project_id)))
     assert listings_asked(emulator) > asked
     assert all(isinstance(r, dict) for r in held)
     assert {r["_id"]: r["meta"] for r in held} == {i: d["meta"] for i, d in stored.items()}
@@ -123,7 +123,9 @@ def test_single_answers_beyond_the_kept_number_are_read_back_from_disk(tmp_path,
 def test_a_release_is_kept_row_by_row_too(emulator, tmp_path, records_per_page):
     pub = next(p for p in emulator.db("pubs") if p.get("releases"))
     release = pub["releases"][0]
-    first = records(catalog(emulator, tmp_path, records_per_page).release_tree(release["_id"]))
-    again = records(catalog(emulator, tmp_path).release_tree(release["_id"]))
+    first = list(
+        records(catalog(emulator, tmp_path, records_per_page).release_tree(release["_id"]))
+    )
+    again = list(records(catalog(emulator, tmp_path).release_tree(release["_id"])))
     assert [whole(r) for r in first] == [whole(r) for r in again]
     assert first and all(isinstance(r, StoredRecord) for r in again)
