@@ -66,7 +66,7 @@ from blfs.errors import BlfsError, CacheFull, LocksRefused, NotFound, RemoteTime
 from blfs.eviction import EvictionOrder
 from blfs.failures import Failures
 from blfs.ledger import Ledger
-from blfs.locks import FileLock, locked_by_anyone
+from blfs.locks import FileLock, host_only, locked_by_anyone
 from blfs.private import DIR_MODE, FILE_MODE, private_dir, tighten_children
 
 log = logging.getLogger("blfs.cache")
@@ -179,6 +179,16 @@ class Cache:
             ) from None
         for path in (self.root / "tmp").glob(_DOOMED + "*"):
             _remove_path(path)  # a killed process's; one still being removed is removed twice
+        local = host_only(self.root)
+        if local is not None:
+            log.warning(
+                "the cache dir %s is on %s: its locks hold on this host only, so mounts on other"
+                " hosts must not share it (each would download and evict unseen by the others);"
+                " give them a cache dir each (--cache-dir DIR), or mount it with shared locks"
+                " (NFS: without 'nolock' or 'local_lock'; Lustre: -o flock)",
+                self.root,
+                local,
+            )
 
     # -- paths and locks -------------------------------------------------------------------
     def path(self, key: str) -> Path:

@@ -15,12 +15,29 @@ from contextlib import suppress
 from pathlib import Path
 
 from blfs.errors import LocksRefused, RemoteTimeout
+from blfs.mountinfo import mount_of
 from blfs.private import FILE_MODE
 
 _POLL_MIN, _POLL_MAX = 0.01, 0.2
 # What flock gives on a filesystem without working locks (NFS without its lock manager, some
 # FUSE and SMB filesystems).
 _REFUSED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def host_only(directory: Path, table: str = "/proc/self/mountinfo") -> str | None:
+    """How `directory`'s filesystem is mounted so that its locks are seen by this host only,
+    though other hosts may share it (NFS with `nolock` or local flocks, Lustre with
+    `localflock`); None when its locks are what they seem."""
+    try:
+        fstype, options = mount_of(directory, table)
+    except (OSError, ValueError, IndexError):
+        return None
+    if fstype in ("nfs", "nfs4"):
+        local = sorted(options & {"nolock", "local_lock=flock", "local_lock=all"})
+        return f"{fstype} mounted with {local[0]}" if local else None
+    if fstype == "lustre" and "localflock" in options:
+        return "lustre mounted with localflock"
+    return None
 
 
 class FileLock:

@@ -19,16 +19,24 @@ def _unescape(field: str) -> str:
 def filesystem_type(path: str | Path) -> str:
     """The type of the filesystem `path` is on (`ext4`, `nfs4`, `fuse.sshfs`…): that of the
     deepest mount holding it."""
+    return mount_of(path)[0]
+
+
+def mount_of(path: str | Path, table: str = "/proc/self/mountinfo") -> tuple[str, frozenset[str]]:
+    """The type and the options (the mount's and its filesystem's) of the deepest mount holding
+    `path`, as `table` (a mountinfo file) lists them."""
     target = os.path.realpath(path)
-    best, fstype = "", ""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+    best, found = "", ("", frozenset[str]())
+    with open(table, encoding="utf-8", errors="surrogateescape") as info:
         for line in info:
             fields = line.split()
             point = _unescape(fields[4])
             inside = target == point or target.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best):
-                best, fstype = point, fields[fields.index("-") + 1]
-    return fstype
+                rest = fields[fields.index("-") + 1 :]
+                options = fields[5].split(",") + (rest[2].split(",") if len(rest) > 2 else [])
+                best, found = point, (rest[0], frozenset(options))
+    return found
 
 
 def _fuse_mounts() -> list[tuple[str, str, str]]:

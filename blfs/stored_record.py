@@ -21,6 +21,7 @@ from blfs.metastore import MetaStore
 # The fields held in memory: what a listing, `stat`, a download and asking ahead read of every
 # object. Anything else (meta, provenance, tags) costs one read of the store.
 HELD = ("_id", "project", "datatype", "storage", "size", "create_date")
+SHARED = frozenset(("project", "datatype", "storage"))
 # What a listing is built from (its tree, its filter on state), kept in the store beside each
 # whole record so that reading a listing back parses only these: `head`.
 HEAD = (*HELD, "status", "removed", "tags", "datatype_tags")
@@ -64,8 +65,7 @@ class StoredRecord(Mapping[str, Any]):
     __slots__ = ("_held", "_rows")
 
     def __init__(self, record: Mapping[str, Any], rows: Rows) -> None:
-        # Values many records share (a project's, a datatype's id, a storage kind) once only.
-        self._held = tuple(_shared(record.get(name, _ABSENT)) for name in HELD)
+        self._held = tuple(_shared(name, record.get(name, _ABSENT)) for name in HELD)
         self._rows = rows
 
     def whole(self) -> dict[str, Any]:
@@ -107,5 +107,6 @@ def whole(record: Mapping[str, Any]) -> dict[str, Any]:
     return record if isinstance(record, dict) else dict(record)
 
 
-def _shared(value: Any) -> Any:
-    return sys.intern(value) if isinstance(value, str) and len(value) <= 32 else value
+def _shared(name: str, value: Any) -> Any:
+    """Values many records share (a project's, a datatype's id, a storage kind) once only."""
+    return sys.intern(value) if name in SHARED and isinstance(value, str) else value

@@ -27,6 +27,7 @@ from test_pubs_tasks_mount import lab_tasks, mounted_task, task_dir
 
 from blfs import mountinfo
 from blfs.cache import object_key, settled, task_key
+from blfs.locks import host_only
 
 MiB = 1 << 20
 MOUNTS = 4
@@ -263,3 +264,30 @@ def test_a_cache_dir_on_a_shared_filesystem_keeps_its_metadata_in_a_rollback_jou
     assert mode == "delete"
     assert answers > 0
     assert leftovers == []  # no -wal, no -shm: nothing mapped in memory shared across hosts
+
+
+def test_network_filesystems_whose_locks_hold_on_one_host_only_are_named(tmp_path):
+    """As the kernel lists them in /proc/self/mountinfo: NFS mounted with `nolock` (then
+    `local_lock=all`) or local flocks, Lustre with `localflock`, against their shared forms."""
+    mounts = {
+        "nolock": "nfs4 srv:/export rw,vers=4.2,nolock,local_lock=all,addr=10.0.0.1",
+        "flocks": "nfs srv:/export rw,vers=3,local_lock=flock,addr=10.0.0.1",
+        "shared": "nfs4 srv:/export rw,vers=4.2,local_lock=none,addr=10.0.0.1",
+        "lustre": "lustre 10.0.0.1@tcp:/scratch rw,localflock,lazystatfs",
+        "coherent": "lustre 10.0.0.1@tcp:/scratch rw,flock,lazystatfs",
+    }
+    lines = ["22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw"]
+    for n, (name, source) in enumerate(mounts.items(), start=40):
+        (tmp_path / name / "cache").mkdir(parents=True)
+        lines.append(f"{n} 22 0:{n} / {tmp_path / name} rw,relatime shared:{n} - {source}")
+    table = tmp_path / "mountinfo"
+    table.write_text("\n".join(lines) + "\n")
+    named = {name: host_only(tmp_path / name / "cache", str(table)) for name in mounts}
+    assert named == {
+        "nolock": "nfs4 mounted with local_lock=all",
+        "flocks": "nfs mounted with local_lock=flock",
+        "shared": None,
+        "lustre": "lustre mounted with localflock",
+        "coherent": None,
+    }
+    assert host_only(tmp_path, str(table)) is None  # ext4
