@@ -36,6 +36,8 @@ def safe_name(name: object, suffix: str = "") -> str:
 
     `suffix` is kept whole; the name before it is shortened when the whole would be too long.
     """
+    if isinstance(name, str) and name.isalnum() and name.isascii() and not suffix:
+        return name[:MAX_NAME_BYTES]  # letters and digits (an id, most labels): safe as it is
     text = ("" if name is None else str(name)).translate(_SAFE)
     if text in ("", ".", ".."):
         text = text.replace(".", "_") or UNNAMED

@@ -20,8 +20,7 @@ from blfs.metastore import MetaStore
 
 # The fields held in memory: what a listing, `stat`, a download and asking ahead read of every
 # object. Anything else (meta, provenance, tags) costs one read of the store.
-HELD = ("_id", "project", "datatype", "storage", "size", "create_date")
-SHARED = frozenset(("project", "datatype", "storage"))
+HELD = ("_id", "project", "datatype", "storage", "size", "create_date")  # `_held`, in order
 # What a listing is built from (its tree, its filter on state), kept in the store beside each
 # whole record so that reading a listing back parses only these: `head`.
 HEAD = (*HELD, "status", "removed", "tags", "datatype_tags")
@@ -65,7 +64,15 @@ class StoredRecord(Mapping[str, Any]):
     __slots__ = ("_held", "_rows")
 
     def __init__(self, record: Mapping[str, Any], rows: Rows) -> None:
-        self._held = tuple(_shared(name, record.get(name, _ABSENT)) for name in HELD)
+        get = record.get
+        self._held = (
+            get("_id", _ABSENT),
+            _shared(get("project", _ABSENT)),
+            _shared(get("datatype", _ABSENT)),
+            _shared(get("storage", _ABSENT)),
+            get("size", _ABSENT),
+            get("create_date", _ABSENT),
+        )
         self._rows = rows
 
     def whole(self) -> dict[str, Any]:
@@ -107,6 +114,6 @@ def whole(record: Mapping[str, Any]) -> dict[str, Any]:
     return record if isinstance(record, dict) else dict(record)
 
 
-def _shared(name: str, value: Any) -> Any:
+def _shared(value: Any) -> Any:
     """Values many records share (a project's, a datatype's id, a storage kind) once only."""
-    return sys.intern(value) if name in SHARED and isinstance(value, str) else value
+    return sys.intern(value) if isinstance(value, str) else value

@@ -8,7 +8,7 @@ same name (a subject `a/b` next to `a_b`) share a directory; the object ids belo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -71,15 +71,35 @@ def datatype_dir(record: Mapping[str, Any], datatypes: Mapping[str, Mapping[str,
     return safe_name(str(name).replace("/", "-"))
 
 
-def object_path(record: Mapping[str, Any], datatypes: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The directory names from the tree's root down to the object's own directory."""
+def object_path(
+    record: Mapping[str, Any],
+    datatypes: Mapping[str, Mapping[str, Any]],
+    names: dict[Any, str] | None = None,
+) -> list[str]:
+    """The directory names from the tree's root down to the object's own directory (`names`:
+    those made so far for the same values, which most objects of a project share)."""
+    names = {} if names is None else names
     meta = record.get("meta") or {}
-    path = [subject_dir(meta)]
-    session = meta.get("session")
+    subject, session = meta.get("subject"), meta.get("session")
+    tags = (tuple(record.get("datatype_tags") or ()), tuple(record.get("tags") or ()))
+    datatype = record.get("datatype")
+    path = [_named(names, ("sub", subject), lambda: subject_dir(meta))]
     if session not in (None, ""):
-        path.append(safe_name(f"ses-{session}"))
-    path += [datatype_dir(record, datatypes), tags_dir(record), safe_name(record["_id"])]
+        path.append(_named(names, ("ses", session), lambda: safe_name(f"ses-{session}")))
+    path.append(_named(names, ("dt", datatype), lambda: datatype_dir(record, datatypes)))
+    path.append(_named(names, tags, lambda: tags_dir(record)))
+    path.append(safe_name(record["_id"]))
     return path
+
+
+def _named(names: dict[Any, str], value: Any, make: Callable[[], str]) -> str:
+    try:
+        return names[value]
+    except KeyError:
+        name = names[value] = make()
+        return name
+    except TypeError:  # a value that cannot be a key (a subject given as a list)
+        return make()
 
 
 def build_tree(
@@ -89,9 +109,9 @@ def build_tree(
     """The tree of `(head, record)` pairs, sorted by name: each object placed by its head (the
     fields `object_path` reads) holds `record` at its leaf. A branch's mtime is the newest
     object below it."""
-    root = Branch()
+    root, names = Branch(), {}
     for fields, record in records:
-        path = object_path(fields, datatypes)
+        path = object_path(fields, datatypes, names)
         created = timestamp(fields.get("create_date"))
         node, above = root, []
         for name in path[:-1]:
