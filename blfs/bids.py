@@ -133,10 +133,11 @@ def spread_labels(placed: list[Placed]) -> dict[str, dict[str, str]]:
     """Labels that keep apart objects which would share names: a derivative always has a `desc-`
     (its id's first hex digits), raw objects that clash get their id's first digits added to
     `acq-`; a clash that remains takes the whole id. Depends only on the clashing objects."""
-    spread: dict[str, dict[str, str]] = {}
+    spread: dict[str, dict[str, str]] = _Spread()  # most objects need none: not kept for them
     for item in placed:
         object_id = str(item.record["_id"])
-        spread[object_id] = {"desc": object_id[:_PREFIX]} if item.root else {}
+        if item.root:
+            spread[object_id] = {"desc": object_id[:_PREFIX]}
     for width in (_PREFIX, None):
         counts = Counter(_key(item, spread) for item in placed)
         for item in placed:
@@ -144,6 +145,13 @@ def spread_labels(placed: list[Placed]) -> dict[str, dict[str, str]]:
                 object_id = str(item.record["_id"])
                 spread[object_id] = {"desc" if item.root else "acq": object_id[:width]}
     return spread
+
+
+class _Spread(dict[str, dict[str, str]]):
+    """Spread labels by object id, none for an object not in it."""
+
+    def __missing__(self, key: str) -> dict[str, str]:
+        return {}
 
 
 def _key(item: Placed, spread: dict[str, dict[str, str]]) -> tuple[str, str, str]:
