@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -611,14 +611,66 @@ class Inodes:
                 table[slot] = ino
 
 
-class _Showing(set[int]):
-    """The listings that show one key, and that key, for them to share."""
+class _Keys(tuple[Hashable, ...]):
+    """The keys a listing shows, when more than one (a listing of one holds that key)."""
 
-    __slots__ = ("key",)
+    __slots__ = ()
 
-    def __init__(self, key: Hashable, listings: Iterable[int]) -> None:
-        super().__init__(listings)
+
+class _Showing:
+    """The listings that show one key, and that key, for them to share: a set of numbers while
+    they are few, a bitmap by number once that is smaller (a project's key is shown by nearly
+    every listing of its walk: a set took some 70 bytes a listing)."""
+
+    __slots__ = ("key", "count", "_members")
+
+    def __init__(self, key: Hashable, numbers: Iterable[int]) -> None:
         self.key = key
+        self._members: set[int] | bytearray = set(numbers)
+        self.count = len(self._members)
+
+    def __iter__(self) -> Iterator[int]:
+        if isinstance(self._members, set):
+            return iter(self._members)
+        return (
+            8 * i + bit
+            for i, byte in enumerate(self._members)
+            if byte
+            for bit in range(8)
+            if byte >> bit & 1
+        )
+
+    def add(self, ino: int) -> None:
+        members = self._members
+        if not isinstance(members, set):
+            self.count += _mark(members, ino)
+            return
+        members.add(ino)
+        self.count = len(members)
+        # A number in a set takes some 64 bytes (512 bits), in a bitmap 1 bit of the largest.
+        if self.count * 512 > ino and self.count * 512 > max(members):
+            self._members = bitmap = bytearray()
+            for number in members:
+                _mark(bitmap, number)
+
+    def discard(self, ino: int) -> None:
+        members = self._members
+        if isinstance(members, set):
+            members.discard(ino)
+            self.count = len(members)
+        elif ino >> 3 < len(members) and members[ino >> 3] >> (ino & 7) & 1:
+            members[ino >> 3] &= ~(1 << (ino & 7))
+            self.count -= 1
+
+
+def _mark(bitmap: bytearray, ino: int) -> bool:
+    """Sets the bit of `ino` in `bitmap`; True when it was not set."""
+    if ino >> 3 >= len(bitmap):
+        bitmap.extend(bytes((ino >> 3) + 1 - len(bitmap)))
+    elif bitmap[ino >> 3] >> (ino & 7) & 1:
+        return False
+    bitmap[ino >> 3] |= 1 << (ino & 7)
+    return True
 
 
 class Listings:
@@ -626,13 +678,14 @@ class Listings:
     it shows (the keys `on_metadata_change` names); while the kernel reads one, its entries.
 
     A walk leaves some 100,000 kept until the kernel forgets their directories, so a listing
-    read to its end keeps only its date (an array slot by number) and its keys (a tuple), and
-    a key shown by one listing maps to its number rather than to a set."""
+    read to its end keeps only its date (an array slot by number) and its keys (the one key
+    object of each, in a tuple when more than one); a key shown by one listing maps to its
+    number, by more to a `_Showing`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._dates = array("d")
-        self._shows: list[tuple[Hashable, ...] | None] = []  # by number; None: not kept
+        self._shows: list[Hashable | _Keys | None] = []  # by number; None: not kept
         self._showing: dict[Hashable, int | _Showing] = {}  # a key -> the listings showing it
         self._reading: dict[int, tuple[list[Entry], bool]] = {}  # entries, and whether kept
         self._changes = 0  # metadata changes heard so far
@@ -673,7 +726,7 @@ class Listings:
                 else:
                     self._showing[key] = _Showing(key, (members, ino))
                 keys.append(key)
-            self._shows[ino] = tuple(keys)
+            self._shows[ino] = keys[0] if len(keys) == 1 else _Keys(keys)
             self._reading[ino] = (entries, stable)
 
     def entries(self, ino: int) -> list[Entry] | None:
@@ -706,7 +759,7 @@ class Listings:
             for key in changed:
                 members = self._showing.get(key)
                 if isinstance(members, _Showing):
-                    stale |= members
+                    stale.update(members)
                 elif members is not None:
                     stale.add(members)
             return stale
@@ -717,15 +770,15 @@ class Listings:
 
     def _unlist(self, ino: int) -> None:
         self._reading.pop(ino, None)
-        keys = self._shows[ino] if ino < len(self._shows) else None
-        if keys is None:
+        shown = self._shows[ino] if ino < len(self._shows) else None
+        if shown is None:
             return
         self._shows[ino] = None
-        for key in keys:
+        for key in shown if isinstance(shown, _Keys) else (shown,):
             members = self._showing[key]
             if isinstance(members, _Showing):
                 members.discard(ino)
-                if len(members) == 1:
+                if members.count == 1:
                     (self._showing[key],) = members
             else:
                 del self._showing[key]

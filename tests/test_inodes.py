@@ -171,3 +171,35 @@ def test_numbers_follow_the_kernels_lookups_and_forgets_in_any_interleaving():
         assert max(held) <= most + ROOT
     for ino, (parent, name, _) in held.items():
         assert inodes.path(ino) == inodes.child(parent, name)
+
+
+def test_listings_showing_a_key_are_found_in_any_interleaving_of_keeps_and_drops():
+    """Thousands of listings kept and dropped in a random order, some keys shown by one
+    listing, some by most (as a project's is): a change of any key finds exactly the listings
+    that show it, whether few or many."""
+    listings = Listings()
+    rng = random.Random(42)
+    keys = ["projects", ("project", "p1"), ("project", "p2")] + [("product", i) for i in range(50)]
+    shown: dict[int, frozenset] = {}
+    for step in range(6000):
+        ino = rng.randint(ROOT, 3000)
+        if ino in shown and rng.random() < 0.4:
+            listings.drop(ino)
+            del shown[ino]
+        else:
+            sources = frozenset(
+                [keys[1]] * (rng.random() < 0.9) + rng.sample(keys, rng.randint(0, 2))
+            )
+            entries = [(".", {}), ("..", {})]
+            listings.keep(ino, float(step), listings.changes, entries, True, sources)
+            assert listings.read_out(ino, entries)
+            shown[ino] = sources
+        if step % 500 == 0:
+            for key in keys:
+                assert listings.showing(frozenset([key])) == {
+                    number for number, sources in shown.items() if key in sources
+                }
+    assert {ino for ino in range(3001) if listings.date(ino) is not None} == set(shown)
+    for ino in list(shown):
+        listings.drop(ino)
+    assert listings.showing(frozenset(keys)) == set()
