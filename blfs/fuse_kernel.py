@@ -44,9 +44,11 @@ import logging
 import os
 import signal
 import struct
+import sys
 import threading
 import time
-from collections.abc import Callable, Hashable
+from array import array
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,6 +73,7 @@ ASKS_ITSELF = (3, 17, 1)  # from here a filesystem asks for parallel lookups (`w
 
 ROOT = 1  # FUSE_ROOT_ID
 UNKNOWN_INO = 0xFFFFFFFF  # FUSE_UNKNOWN_INO: a listed entry the kernel holds no number for
+_FIRST_TABLE = 1024  # the first size of `Inodes`' table (a power of 2)
 # `FUSE_CAP_*` of fuse_common.h (the same bits in every checked version).
 FUSE_CAP_SPLICE_WRITE = 1 << 7
 FUSE_CAP_PARALLEL_DIROPS = 1 << 18
@@ -437,7 +440,9 @@ class Operations(Protocol):
     mfusepy-style dicts, errors as `OSError` with their errno."""
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]: ...
-    def listing(self, path: str) -> tuple[list[tuple[str, dict[str, Any], int]], bool]: ...
+    def listing(
+        self, path: str
+    ) -> tuple[list[tuple[str, dict[str, Any], int]], bool, frozenset[Hashable]]: ...
     def on_metadata_change(self, callback: Callable[[], None]) -> None: ...
     def open(self, path: str, fi: Any) -> int: ...
     def read_piece(self, path: str, size: int, offset: int, fi: Any) -> bytes | Span: ...
@@ -482,39 +487,40 @@ class Features:
 Entry = tuple[str, dict[str, Any]]
 
 
-@dataclass(slots=True)  # one per directory listed: a walk lists tens of thousands
-class _Listed:
-    """When a directory was last listed to the kernel, the entries while it reads them,
-    whether the kernel may keep them, and the metadata they show (`on_metadata_change`)."""
-
-    listed_at: float
-    entries: list[Entry] | None
-    stable: bool
-    sources: frozenset[Hashable]
-
-
-class _Inodes:
+class Inodes:
     """The inode numbers the kernel holds, each a name in its parent's number: counted per
-    lookup, dropped when forgotten. A name forgotten and looked up again gets a new number
-    (numbers are never reused). A path is made from the chain of parents when asked for: a walk
-    of a big tree hands the kernel a number for every entry, and holding a whole path for each
-    took a fifth of the mount's memory."""
+    lookup, freed when the kernel forgets it, and then handed out again (as libfuse's
+    passthrough_ll does), so that the numbers stay as many as those held. A name forgotten and
+    looked up again may get another number. A path is made from the chain of parents when
+    asked for.
+
+    A walk of a large project leaves the kernel holding some 200,000 numbers, which it forgets
+    only under memory pressure. Each is a slot of three arrays (its parent, its lookup count,
+    its name, interned: `_info.json` is in every object) and of a hash table from (parent,
+    name) to number: some 30 bytes besides a name of its own, where dicts of tuples and ints
+    took 300."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._names: dict[int, tuple[int, str]] = {}  # number -> (parent's number, name)
-        self._numbers: dict[tuple[int, str], int] = {}
-        self._counts: dict[int, int] = {}
-        self._next = ROOT + 1
+        # By number (0 is none, 1 is ROOT): the parent's number (a free number's: the next
+        # free one), the lookups the kernel holds, the name (None when free).
+        self._parents = array("I", [0, 0])
+        self._counts = array("Q", [0, 0])
+        self._names: list[str | None] = [None, ""]
+        self._free = 0  # the last number freed
+        # Open addressing with linear probing: a slot holds a number, or 0 when empty.
+        self._table = array("I", bytes(4 * _FIRST_TABLE))
+        self._used = 0
 
     def path(self, ino: int) -> str:
         names = []
-        try:
+        with self._lock:
             while ino != ROOT:
-                ino, name = self._names[ino]
+                name = self._names[ino] if ino < len(self._names) else None
+                if name is None:
+                    raise mfusepy.FuseOSError(errno.ESTALE)
                 names.append(name)
-        except KeyError:
-            raise mfusepy.FuseOSError(errno.ESTALE) from None
+                ino = self._parents[ino]
         return "/" + "/".join(reversed(names))
 
     def child(self, parent: int, name: str) -> str:
@@ -526,28 +532,256 @@ class _Inodes:
         with self._lock:
             numbers = []
             for name in names:
-                key = (parent, name)
-                ino = self._numbers.get(key)
-                if ino is None:
-                    ino = self._numbers[key] = self._next
-                    self._names[ino] = key
-                    self._next += 1
-                self._counts[ino] = self._counts.get(ino, 0) + 1
+                slot = self._slot(parent, name)
+                ino = self._table[slot]
+                if not ino:
+                    ino = self._table[slot] = self._allocate(parent, sys.intern(name))
+                    self._used += 1
+                    if 2 * self._used > len(self._table):
+                        self._rehash(2 * len(self._table))
+                self._counts[ino] += 1
                 numbers.append(ino)
             return numbers
 
-    def forget(self, ino: int, count: int) -> bool:
-        """Drops `count` lookups; True when the kernel no longer holds the number."""
+    def forget(self, ino: int, count: int, freeing: Callable[[int], None]) -> bool:
+        """Drops `count` lookups; True when the kernel no longer holds the number. `freeing`
+        hears of a number the kernel no longer holds before it can be handed out again."""
         with self._lock:
-            left = self._counts.get(ino, 0) - count
-            if left > 0 or ino == ROOT:
+            if ino == ROOT:
+                return False
+            if ino >= len(self._names) or self._names[ino] is None:
+                return True
+            left = self._counts[ino] - count
+            if left > 0:
                 self._counts[ino] = left
                 return False
-            self._counts.pop(ino, None)
-            key = self._names.pop(ino, None)
-            if key is not None and self._numbers.get(key) == ino:
-                del self._numbers[key]
+            freeing(ino)
+            self._remove(ino)
+            self._counts[ino] = 0
+            self._names[ino] = None
+            self._parents[ino], self._free = self._free, ino
             return True
+
+    def _allocate(self, parent: int, name: str) -> int:
+        ino = self._free
+        if ino:
+            self._free = self._parents[ino]
+            self._parents[ino] = parent
+            self._names[ino] = name
+        else:
+            ino = len(self._names)
+            self._parents.append(parent)
+            self._counts.append(0)
+            self._names.append(name)
+        return ino
+
+    def _home(self, ino: int) -> int:
+        return hash((self._parents[ino], self._names[ino])) & (len(self._table) - 1)
+
+    def _slot(self, parent: int, name: str) -> int:
+        """The slot of the table that holds `name` in `parent`, else the empty one it would take."""
+        table, mask = self._table, len(self._table) - 1
+        slot = hash((parent, name)) & mask
+        while (ino := table[slot]) and (self._parents[ino] != parent or self._names[ino] != name):
+            slot = (slot + 1) & mask
+        return slot
+
+    def _remove(self, ino: int) -> None:
+        """Empties the slot of `ino` and moves each number after it whose probe passed it
+        back into the hole (deletion without tombstones)."""
+        table, mask = self._table, len(self._table) - 1
+        hole = self._home(ino)
+        while table[hole] != ino:
+            hole = (hole + 1) & mask
+        slot = hole
+        while other := table[(slot := (slot + 1) & mask)]:
+            if (slot - self._home(other)) & mask >= (slot - hole) & mask:
+                table[hole] = other
+                hole = slot
+        table[hole] = 0
+        self._used -= 1
+
+    def _rehash(self, size: int) -> None:
+        self._table = table = array("I", bytes(4 * size))
+        for ino in range(ROOT + 1, len(self._names)):
+            if self._names[ino] is not None:
+                slot = self._home(ino)
+                while table[slot]:
+                    slot = (slot + 1) & (size - 1)
+                table[slot] = ino
+
+
+class _Keys(tuple[Hashable, ...]):
+    """The keys a listing shows, when more than one (a listing of one holds that key)."""
+
+    __slots__ = ()
+
+
+class _Showing:
+    """The listings that show one key, and that key, for them to share: a set of numbers while
+    they are few, a bitmap by number once that is smaller (a project's key is shown by nearly
+    every listing of its walk: a set took some 70 bytes a listing)."""
+
+    __slots__ = ("key", "count", "_members")
+
+    def __init__(self, key: Hashable, numbers: Iterable[int]) -> None:
+        self.key = key
+        self._members: set[int] | bytearray = set(numbers)
+        self.count = len(self._members)
+
+    def __iter__(self) -> Iterator[int]:
+        if isinstance(self._members, set):
+            return iter(self._members)
+        return (
+            8 * i + bit
+            for i, byte in enumerate(self._members)
+            if byte
+            for bit in range(8)
+            if byte >> bit & 1
+        )
+
+    def add(self, ino: int) -> None:
+        members = self._members
+        if not isinstance(members, set):
+            self.count += _mark(members, ino)
+            return
+        members.add(ino)
+        self.count = len(members)
+        # A number in a set takes some 64 bytes (512 bits), in a bitmap 1 bit of the largest.
+        if self.count * 512 > ino and self.count * 512 > max(members):
+            self._members = bitmap = bytearray()
+            for number in members:
+                _mark(bitmap, number)
+
+    def discard(self, ino: int) -> None:
+        members = self._members
+        if isinstance(members, set):
+            members.discard(ino)
+            self.count = len(members)
+        elif ino >> 3 < len(members) and members[ino >> 3] >> (ino & 7) & 1:
+            members[ino >> 3] &= ~(1 << (ino & 7))
+            self.count -= 1
+
+
+def _mark(bitmap: bytearray, ino: int) -> bool:
+    """Sets the bit of `ino` in `bitmap`; True when it was not set."""
+    if ino >> 3 >= len(bitmap):
+        bitmap.extend(bytes((ino >> 3) + 1 - len(bitmap)))
+    elif bitmap[ino >> 3] >> (ino & 7) & 1:
+        return False
+    bitmap[ino >> 3] |= 1 << (ino & 7)
+    return True
+
+
+class Listings:
+    """The listings the kernel keeps, by directory number: when each was made and the metadata
+    it shows (the keys `on_metadata_change` names); while the kernel reads one, its entries.
+
+    A walk leaves some 100,000 kept until the kernel forgets their directories, so a listing
+    read to its end keeps only its date (an array slot by number) and its keys (the one key
+    object of each, in a tuple when more than one); a key shown by one listing maps to its
+    number, by more to a `_Showing`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dates = array("d")
+        self._shows: list[Hashable | _Keys | None] = []  # by number; None: not kept
+        self._showing: dict[Hashable, int | _Showing] = {}  # a key -> the listings showing it
+        self._reading: dict[int, tuple[list[Entry], bool]] = {}  # entries, and whether kept
+        self._changes = 0  # metadata changes heard so far
+
+    @property
+    def changes(self) -> int:
+        with self._lock:
+            return self._changes
+
+    def keep(
+        self,
+        ino: int,
+        listed_at: float,
+        changes: int,
+        entries: list[Entry],
+        stable: bool,
+        sources: frozenset[Hashable],
+    ) -> None:
+        """Keeps the listing of `ino` made at `listed_at` after `changes` changes, while the
+        kernel reads `entries`."""
+        with self._lock:
+            # A change heard meanwhile may be one this listing missed: it is not kept.
+            stable = stable and changes == self._changes
+            self._unlist(ino)
+            if ino >= len(self._shows):
+                grown = ino + 1 - len(self._shows)
+                self._dates.frombytes(bytes(8 * grown))
+                self._shows.extend([None] * grown)
+            self._dates[ino] = listed_at
+            keys = []
+            for key in sources:
+                members = self._showing.get(key)
+                if members is None:
+                    self._showing[key] = ino
+                elif isinstance(members, _Showing):
+                    members.add(ino)
+                    key = members.key  # one key object for all the listings showing it
+                else:
+                    self._showing[key] = _Showing(key, (members, ino))
+                keys.append(key)
+            self._shows[ino] = keys[0] if len(keys) == 1 else _Keys(keys)
+            self._reading[ino] = (entries, stable)
+
+    def entries(self, ino: int) -> list[Entry] | None:
+        """The entries of the listing of `ino` the kernel is reading, if any."""
+        with self._lock:
+            reading = self._reading.get(ino)
+        return None if reading is None else reading[0]
+
+    def read_out(self, ino: int, entries: list[Entry]) -> bool:
+        """The kernel read `entries` to their end: only the listing's date stays. False when
+        the listing may not be kept."""
+        with self._lock:
+            reading = self._reading.get(ino)
+            if reading is None or reading[0] is not entries:  # dropped or listed afresh
+                return True
+            del self._reading[ino]
+            return reading[1]
+
+    def date(self, ino: int) -> float | None:
+        """When the listing of `ino` kept by the kernel was made; None when none is."""
+        with self._lock:
+            kept = ino < len(self._shows) and self._shows[ino] is not None
+            return self._dates[ino] if kept else None
+
+    def showing(self, changed: frozenset[Hashable]) -> set[int]:
+        """Counts a change of the metadata `changed`, and the listings that show it."""
+        with self._lock:
+            self._changes += 1
+            stale: set[int] = set()
+            for key in changed:
+                members = self._showing.get(key)
+                if isinstance(members, _Showing):
+                    stale.update(members)
+                elif members is not None:
+                    stale.add(members)
+            return stale
+
+    def drop(self, ino: int) -> None:
+        with self._lock:
+            self._unlist(ino)
+
+    def _unlist(self, ino: int) -> None:
+        self._reading.pop(ino, None)
+        shown = self._shows[ino] if ino < len(self._shows) else None
+        if shown is None:
+            return
+        self._shows[ino] = None
+        for key in shown if isinstance(shown, _Keys) else (shown,):
+            members = self._showing[key]
+            if isinstance(members, _Showing):
+                members.discard(ino)
+                if members.count == 1:
+                    (self._showing[key],) = members
+            else:
+                del self._showing[key]
 
 
 _worker = threading.local()
@@ -611,11 +845,8 @@ class KernelMount:
         self._lib = _library(library.name)
         self._reply_data = _data_reply(library.name)
         self._report = report
-        self._inodes = _Inodes()
-        self._listed: dict[int, _Listed] = {}
-        self._showing: dict[Hashable, set[int]] = {}  # a metadata key -> listings showing it
-        self._changes = 0  # metadata changes heard so far
-        self._listed_lock = threading.Lock()
+        self._inodes = Inodes()
+        self._listings = Listings()
         self._session: int | None = None
         self._zero_message_opendir = False
         self._wants_passthrough = passthrough
@@ -774,11 +1005,10 @@ class KernelMount:
         listing's TTL. The kernel asks for a directory's attributes again before it reuses its
         kept listing once they expired: a listing past its TTL is then dropped, and the kernel
         lists the directory afresh."""
-        with self._listed_lock:
-            listed = self._listed.get(ino)
-        if listed is None:
+        listed_at = self._listings.date(ino)
+        if listed_at is None:
             return self._ttl
-        left = self._ttl - (time.monotonic() - listed.listed_at)
+        left = self._ttl - (time.monotonic() - listed_at)
         if left > 0:
             return left
         self._forget_listing(ino)
@@ -805,9 +1035,7 @@ class KernelMount:
             self._lib.fuse_reply_none(req)
 
     def _drop(self, ino: int, count: int) -> None:
-        if self._inodes.forget(ino, count):
-            with self._listed_lock:
-                self._unlist(ino)
+        self._inodes.forget(ino, count, self._listings.drop)
 
     @_replying
     def _getattr(self, req: int, ino: int, fi: Any) -> None:
@@ -884,28 +1112,14 @@ class KernelMount:
     def _forget_listings(self, changed: frozenset[Hashable]) -> None:
         """Metadata answers changed: the listings the kernel keeps that show them are stale
         (and only those: a walk leaves tens of thousands kept)."""
-        with self._listed_lock:
-            self._changes += 1
-            stale = set().union(*(self._showing.get(key, ()) for key in changed))
-        for ino in stale:
+        for ino in self._listings.showing(changed):
             self._forget_listing(ino)
 
     def _forget_listing(self, ino: int) -> None:
         """Makes the kernel drop the listing it keeps of `ino` (its pages): the next walk of it
         lists it from here again."""
-        with self._listed_lock:
-            self._unlist(ino)
+        self._listings.drop(ino)
         self._lib.fuse_lowlevel_notify_inval_inode(self._session, ino, 0, 0)
-
-    def _unlist(self, ino: int) -> None:
-        """Forgets the listing of `ino` (call with `_listed_lock` held)."""
-        listed = self._listed.pop(ino, None)
-        for key in listed.sources if listed is not None else ():
-            showing = self._showing.get(key)
-            if showing is not None:
-                showing.discard(ino)
-                if not showing:
-                    del self._showing[key]
 
     @_replying
     def _readdir(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
@@ -917,13 +1131,12 @@ class KernelMount:
 
     def _reply_listing(self, req: int, ino: int, size: int, offset: int, plus: bool) -> None:
         """One page of the listing from `offset`; an empty page ends it."""
-        listed = self._listing(ino, offset)
-        entries = listed.entries or []
+        entries = self._listing(ino, offset)
         names, used = page(entries, offset, size, plus)
         if not names:  # the empty page that tells the kernel the listing ended
-            listed.entries = None  # read to its end: only its date is kept
+            kept = self._listings.read_out(ino, entries)
             self._lib.fuse_reply_buf(req, None, 0)
-            if not listed.stable:
+            if not kept:
                 self._forget_listing(ino)
             return
         shown = entries[offset : offset + len(names)]
@@ -939,24 +1152,15 @@ class KernelMount:
             used += add(req, ctypes.byref(buffer, used), room - used, name, describe(i), position)
         self._lib.fuse_reply_buf(req, buffer, used)
 
-    def _listing(self, ino: int, offset: int) -> _Listed:
+    def _listing(self, ino: int, offset: int) -> list[Entry]:
         """The listing from its start (offset 0), else the one being read."""
-        with self._listed_lock:
-            listed = self._listed.get(ino)
-        if offset == 0 or listed is None or listed.entries is None:
-            listed_at = time.monotonic()
-            with self._listed_lock:
-                changes = self._changes
+        entries = self._listings.entries(ino) if offset else None
+        if entries is None:
+            listed_at, changes = time.monotonic(), self._listings.changes
             described, stable, sources = self._ops.listing(self._inodes.path(ino))
             entries = [(name, attrs) for name, attrs, _ in described]
-            with self._listed_lock:
-                # A change heard meanwhile may be one this listing missed: it is not kept.
-                stable = stable and changes == self._changes
-                self._unlist(ino)
-                listed = self._listed[ino] = _Listed(listed_at, entries, stable, sources)
-                for key in sources:
-                    self._showing.setdefault(key, set()).add(ino)
-        return listed
+            self._listings.keep(ino, listed_at, changes, entries, stable, sources)
+        return entries
 
     def _described_plus(self, ino: int, entries: list[Entry]) -> Callable[[int], _EntryParam]:
         """Entries with exact attributes are handed over with them, each a lookup the kernel
