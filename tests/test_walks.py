@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mount_fixtures import mounted, save_token
+from mount_fixtures import mounted, save_token, unavailable
 from test_mount import an_object, archive_members, run, shown_objects
 from test_pubs_tasks_mount import lab_tasks, mounted_task, task_dir
 
@@ -199,3 +199,26 @@ def test_mounts_sharing_a_cache_dir_share_its_metadata_store(emulator, user_home
     ):
         assert walk(one.path / PROJECT) == walk(two.path / PROJECT)
         assert "metadata cache" not in one.log() + two.log()
+
+
+def drop_kernel_caches() -> None:
+    """Makes the kernel forget every unused dentry and inode (root only): a mount then hears a
+    FORGET for each number it handed out, and may hand the numbers out again."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    except OSError as exc:
+        unavailable(f"cannot drop the kernel's caches: {exc}")
+
+
+def test_a_walk_after_the_kernel_forgot_every_inode_shows_the_same_tree(mount):
+    """Inode numbers forgotten by the kernel are handed out again: a path must never come back
+    under another's number (a listing, a size or a file's bytes from somewhere else)."""
+    root = mount.path / PROJECT
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "bids" not in p.parts)
+    contents = {p: p.read_bytes() for p in files}  # every object fetched: the tree is final
+    before = ls_lr(root)
+    for _ in range(3):
+        drop_kernel_caches()
+        assert ls_lr(root) == before
+        assert {p: p.read_bytes() for p in files} == contents
