@@ -51,6 +51,8 @@ PARTICIPANTS = ("participants.tsv", "participants.json")
 # the same line is added to project.json under ACCESS_KEY.
 ACCESS = "ACCESS.txt"
 ACCESS_KEY = "blfs_access"
+# How many `_info.json` sizes are remembered: those of the objects listed last.
+INFO_SIZES_KEPT = 10_000
 # A listing of a directory of a project's tree asks ahead for at most this many objects below
 # it, the first in path order: a walk then has the next ones asked for before it reaches them,
 # and no listing queues more than twice as many requests (a product and a file listing each).
@@ -87,7 +89,7 @@ class Namespace:
         self.catalog = catalog
         self.objects = objects
         self.task_files = task_files
-        self._info_sizes: dict[str, tuple[dict[str, Any], int]] = {}
+        self._info_sizes: dict[str, tuple[Mapping[str, Any], int]] = {}
         self._root = DirNode(
             directory(),
             {
@@ -122,6 +124,8 @@ class Namespace:
         known = self._info_sizes.get(record["_id"])
         if known is None or known[0] is not record:
             known = self._info_sizes[record["_id"]] = (record, json_size(whole(record)))
+            if len(self._info_sizes) > INFO_SIZES_KEPT:  # the oldest: made again if listed
+                self._info_sizes.pop(next(iter(self._info_sizes)), None)
         return known[1]
 
     def on_change(self, callback: Callable[[Keys], None]) -> None:
