@@ -153,7 +153,8 @@ def cached_project(server: Emulator, work: Path, home: Path, objects: int) -> Pa
         )
     if done.returncode:
         shutil.rmtree(staging, ignore_errors=True)
-        raise SystemExit(f"blfs prefetch failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"blfs prefetch of the {objects}-object project failed: {last}")
     staging.rename(cache)
     return cache
 
