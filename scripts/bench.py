@@ -87,6 +87,14 @@ def data_dir(root: Path, name: str, **options: int) -> Path:
     return generated_data(root / name, **options)
 
 
+def user_env(home: Path) -> dict[str, str]:
+    """The bench user's environment (PYTHONPATH kept: the blfs under test is the one run)."""
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 @contextlib.contextmanager
 def mounted(
     server: Emulator,
@@ -99,7 +107,7 @@ def mounted(
     point = Path(tempfile.mkdtemp(prefix="mnt", dir=home))
     if login:
         TokenStore(server.url, home=home).save(server.token("demo"))
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+    env = user_env(home)
     command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", server.url]
     command += ["--cache-dir", str(cache), "--ttl", str(ttl), *options]
     subprocess.run(command, check=True, env=env, timeout=60)
@@ -404,7 +412,7 @@ def bench_walks(work: Path, objects: int) -> None:
         with mounted(server.emulator, home, cache) as point:
             if not local.is_dir():
                 print("caching every object of the project …", file=sys.stderr)
-                env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
+                env = user_env(home)
                 prefetch = [
                     sys.executable,
                     "-m",
