@@ -43,20 +43,29 @@ def claims(token: str) -> dict[str, Any]:
 
 
 class TokenStore:
-    """Reads and writes the token file; every call goes to the file, so a `blfs login` while
-    mounted takes effect at once. Safe from many threads: a save is an atomic rename."""
+    """Reads and writes the token file; every call looks at the file, so a `blfs login` while
+    mounted takes effect at once (it is read again whenever its inode, size or times change: a
+    walk asks for the token at every path). Safe from many threads: a save is an atomic
+    rename."""
 
     def __init__(self, api_url: str, home: Path | None = None) -> None:
         self.path = (home or Path.home()) / ".config" / token_host(api_url) / ".jwt"
+        self._read: tuple[tuple[int, ...], str | None] | None = None  # (file's stat, token)
 
     def get(self) -> str | None:
         try:
-            token = self.path.read_text(encoding="ascii").strip()
+            info = os.stat(self.path)
+            seen = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+            read = self._read
+            if read is not None and read[0] == seen:
+                return read[1]
+            token = self.path.read_text(encoding="ascii").strip() or None
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
             raise AccessDenied(f"cannot read the token file {self.path}: {exc}") from exc
-        return token or None
+        self._read = (seen, token)
+        return token
 
     def save(self, jwt: str) -> None:
         directory = self.path.parent

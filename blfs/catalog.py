@@ -52,6 +52,7 @@ PRODUCT_TTL = float("inf")
 ASKED_KEPT = 10_000
 
 
+@functools.lru_cache(maxsize=8)  # asked at every path of a walk, for one token or two
 def token_subject(token: str | None) -> str | None:
     """The user id (`sub`) of a token, or None for a guest or an unreadable token."""
     if not token:
@@ -253,6 +254,8 @@ class Catalog:
         now = time.monotonic()
         with self._asked_lock:
             due = [(k, a, life) for k, a, life in asks if self._asked.get(k, now) <= now]
+        if not due:
+            return
         self._ahead.submit_all(
             (k, functools.partial(self._answer, k, a, life)) for k, a, life in due
         )
@@ -281,8 +284,12 @@ class Catalog:
         )
 
     def ask_ahead_project(self, project: Mapping[str, Any]) -> None:
-        """A project's objects, participants and processes together, once it is looked up."""
+        """A project's objects, participants and processes together, once it is looked up
+        (every path below it looks it up: once its objects were asked for, nothing is made)."""
         project_id = str(project["_id"])
+        with self._asked_lock:
+            if self._asked.get(("project", project_id), 0.0) > time.monotonic():
+                return
 
         def participants() -> None:
             if self.participants_readable(dict(project)):
