@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from blfs import memory
 from blfs.errors import AccessDenied, BlfsError, RemoteError
 from blfs.metastore import ROWS_BATCH, MetaStore, StoreFailed
 from blfs.stored_record import Rows, StoredRecord, head
@@ -288,6 +289,8 @@ class MetaCache:
             with _collecting(None), _COLLECTOR.paused():
                 value = answer.build(raw)
                 _COLLECTOR.spare(_rows_in(raw, rows=False))
+            if not answer.on_disk:  # a made value (a BIDS view): what making it took is freed
+                memory.give_back()
         changed = known is not None and known.digest != digest
         with self._lock:
             expires = self._clock() + answer.lifetime_of(raw)
@@ -475,6 +478,7 @@ class _Collector:
         if rows >= LARGE_ANSWER:
             gc.collect()
             gc.freeze()
+            memory.give_back()
 
 
 _COLLECTOR = _Collector()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blfs import libfuse, mountinfo, status
+from blfs import libfuse, memory, mountinfo, status
 from blfs.ahead import DEFAULT_WIDTH as DEFAULT_AHEAD
 from blfs.errors import AccessDenied, BlfsError, RemoteError
 from blfs.metastore import FILENAME as METADATA_FILE
@@ -266,6 +266,7 @@ def offline_metadata(cache_dir: Path) -> bool:
 
 
 def _serve(options: MountOptions, client: Client) -> None:
+    memory.cap_arenas()  # before any thread is started
     library = libfuse.select()  # before mfusepy is imported, so that it loads the same one
     from blfs.ahead import Ahead
     from blfs.cache import LOCK_WAIT, Cache
