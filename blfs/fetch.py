@@ -327,8 +327,8 @@ class ObjectFetcher:
                 if self._take_committed(archive):
                     return
                 staging = lock.read_note()
-                if staging:
-                    self._follow(archive, expected_size, self._cache.root / "tmp" / staging, lock)
+                tmp = self._cache.root / "tmp"
+                if staging and self._follow(archive, expected_size, tmp / staging, lock):
                     return
                 archive.item.watch("another process to start its download")
                 time.sleep(_FOLLOW_POLL)
@@ -502,37 +502,38 @@ class ObjectFetcher:
 
     def _follow(
         self, archive: Archive, expected_size: int | None, staging: Path, lock: FileLock
-    ) -> None:
+    ) -> bool:
         """Reads another process's download as it arrives: members from its journal, bytes
         from the files' sizes; its end is the committed entry. Should that process die first
-        (its fetch lock comes free with the staging still there), this one takes over."""
+        (its fetch lock comes free with the staging still there), this one takes over. False
+        when the download named was gone before anything of it was read, and nothing of it
+        is to be had: the caller looks again."""
         item = archive.item
         try:
             journal = JournalReader(staging / JOURNAL)
         except (FileNotFoundError, NotADirectoryError):
-            self._followed_ended(archive)
-            return
+            return self._followed_ended(archive, again=True)
         log.info("reading %s as another process downloads it", item.describe())
         with contextlib.closing(journal):
             follower = _Follower(archive, staging, journal)
             while not follower.step():
                 if not staging.is_dir():
-                    self._followed_ended(archive)
-                    return
+                    return self._followed_ended(archive)
                 if self._took_over(archive, staging, lock, follower):
                     self._download(archive, expected_size, lock, resumed=len(archive.order))
-                    return
+                    return True
                 item.watch("the download in another process")
                 time.sleep(_FOLLOW_POLL)
             item.finish()
             while staging.is_dir() and not self._cache.is_complete(item.key):
                 if self._took_over(archive, staging, lock, follower):  # all there, not committed
                     self._commit(archive, follower.archive_bytes)
-                    return
+                    return True
                 time.sleep(_FOLLOW_POLL)
         with item.cond:
             if self._cache.is_complete(item.key):
                 archive.rebase(self._cache.path(item.key) / DATA)
+        return True
 
     def _took_over(
         self, archive: Archive, staging: Path, lock: FileLock, follower: _Follower
@@ -552,13 +553,18 @@ class ObjectFetcher:
         archive.item.adopt(adopted, sum(file.written for file in archive.files.values()))
         return True
 
-    def _followed_ended(self, archive: Archive) -> None:
-        """The followed download ended before its journal said so: taken, or its error."""
+    def _followed_ended(self, archive: Archive, again: bool = False) -> bool:
+        """The followed download ended before its journal said so: True once its entry is
+        taken; else its error, or (`again`: nothing of it was read yet) False, so that the
+        caller looks again (the fetch lock, a new download's note, or the entry committed
+        meanwhile) rather than fail a reader for a download it never saw."""
         if self._take_committed(archive):
-            return
+            return True
         failure = self._cache.failures.get(archive.item.key)
         if failure is not None and failure.retry_at > time.time():
             raise failure.error
+        if again:
+            return False
         raise RemoteError(f"{archive.item.describe()}: the download in another process ended")
 
 
