@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from bench import user_env  # scripts/bench.py, beside this one
 
 from blfs import mountinfo
 from blfs.auth import TokenStore
@@ -41,14 +42,6 @@ from blfs.emulator.control import (
 from blfs.metastore import FILENAME as METADATA_FILE
 
 PROJECT = Path("projects") / "Lab Private"
-
-
-def user_env(home: Path) -> dict[str, str]:
-    """The bench user's environment (PYTHONPATH kept: the blfs under test is the one run)."""
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
 
 
 @contextlib.contextmanager

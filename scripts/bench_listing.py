@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import mount_pid  # scripts/bench.py, beside this one
+from bench import mount_pid, user_env  # scripts/bench.py, beside this one
 
 from blfs import mountinfo
 from blfs.auth import TokenStore
@@ -51,8 +51,7 @@ def cpu_seconds(pid: int) -> float:
 def mounted(server: Emulator, home: Path, cache: Path) -> Iterator[tuple[Path, int]]:
     point = Path(tempfile.mkdtemp(prefix="mnt", dir=home))
     TokenStore(server.url, home=home).save(server.token("demo"))
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin"}
-    env.update({k: v for k, v in os.environ.items() if k == "PYTHONPATH"})  # the blfs measured
+    env = user_env(home)
     command = [sys.executable, "-m", "blfs", "mount", str(point), "--api", server.url]
     command += ["--cache-dir", str(cache), "--ttl", "3600"]
     subprocess.run(command, check=True, env=env, timeout=120)

@@ -145,6 +145,15 @@ def test_a_full_disk_evicts_older_objects_first(client, emulator, objects, tmp_p
         assert [e.key for e in fetcher._cache.entries()] == [object_key(new)]
 
 
+def served_slowly(emulator, object_id: str, size: int, bandwidth: int) -> bytes:
+    """A new random `data.bin` of `size` bytes as the object's archive, served at `bandwidth`
+    bytes per second (so that a download lasts long enough to be killed part-way)."""
+    data = os.urandom(size)
+    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
+    emulator.set(bandwidth=bandwidth)
+    return data
+
+
 @contextlib.contextmanager
 def child_downloading(
     emulator, home: Path, root: Path, object_id: str
@@ -169,9 +178,7 @@ def test_staging_of_a_killed_downloader_is_removed_and_the_download_restarts(
     client, emulator, objects, tmp_path, home
 ):
     object_id = objects[0]
-    data = os.urandom(4 * MiB)
-    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
-    emulator.set(bandwidth=MiB)
+    data = served_slowly(emulator, object_id, 4 * MiB, MiB)
     root = tmp_path / "cache"
     with child_downloading(emulator, home, root, object_id) as child:
         staged = root / "tmp"
@@ -452,9 +459,7 @@ def test_followers_of_a_killed_downloader_read_on_while_the_one_taking_over_chec
     client, emulator, objects, tmp_path, home
 ):
     object_id = objects[0]
-    data = os.urandom(16 * MiB)
-    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
-    emulator.set(bandwidth=8 * MiB)
+    data = served_slowly(emulator, object_id, 16 * MiB, 8 * MiB)
     root = tmp_path / "cache"
     with child_downloading(emulator, home, root, object_id) as child:
         staged = root / "tmp"
@@ -495,9 +500,7 @@ def test_a_new_reader_takes_over_a_dead_download_that_another_process_follows(
     client, emulator, objects, tmp_path, home
 ):
     object_id = objects[0]
-    data = os.urandom(4 * MiB)
-    emulator.put_archive(object_id, tar_bytes({"data.bin": data}))
-    emulator.set(bandwidth=MiB)
+    data = served_slowly(emulator, object_id, 4 * MiB, MiB)
     root = tmp_path / "cache"
     with child_downloading(emulator, home, root, object_id) as child:
         wait_until(lambda: any((root / "tmp").glob("*/data/data.bin")), what="staging")
