@@ -276,6 +276,7 @@ def test_amaretti_texts_for_a_task_it_cannot_serve(
 
 
 BL_VERSION = "1.8.2"  # the official CLI, npm package `brainlife`
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's and Ubuntu's CA store
 
 
 @pytest.fixture(scope="session")
@@ -293,10 +294,15 @@ def bl_command() -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail("the `bl` CLI is needed under CI: install node and npm")
         pytest.skip("no npm to install the `bl` CLI with")
+    # Node trusts only its own CAs: the distribution's store is added, as the machine's other
+    # tools trust it (a site's TLS proxy is in it, not in Node's).
+    env = dict(os.environ)
+    if Path(SYSTEM_CAS).is_file():
+        env.setdefault("NODE_EXTRA_CA_CERTS", SYSTEM_CAS)
     installed = subprocess.run(
         ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
          f"brainlife@{BL_VERSION}"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
     assert installed.returncode == 0 and command.exists(), installed.stderr[-2000:]
     return command
